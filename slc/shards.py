@@ -1,0 +1,91 @@
+"""The Parquet shard format: accepted clips with their features, and the
+rejects table. Versioned, so a reader refuses shards it does not understand.
+
+Layout of a shard directory:
+
+    <root>/{train,val,test}/*.parquet   one row per clip (SHARD_SCHEMA)
+    <root>/rejects.parquet              one row per file that failed (REJECT_SCHEMA)
+    <root>/summary.json, labels.json, config.json
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+
+from slc import storage
+
+SCHEMA_VERSION = 1
+NUM_MEL_BINS = 80
+
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("lang", pa.string()),
+        ("split", pa.string()),
+        ("group", pa.string()),
+        ("duration_s", pa.float32()),
+        ("n_frames", pa.int32()),
+        ("features", pa.large_list(pa.float16())),  # n_frames * 80, row-major
+    ],
+    metadata={"slc.schema_version": str(SCHEMA_VERSION), "slc.num_mel_bins": str(NUM_MEL_BINS)},
+)
+
+REJECT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("lang", pa.string()),
+        ("split", pa.string()),
+        ("reason", pa.string()),  # a stable code: empty, too_short, undecodable, ...
+        ("detail", pa.string()),  # the message, naming the file
+    ]
+)
+
+
+class ShardError(ValueError):
+    """Shards missing, or written by an incompatible version."""
+
+
+def features_column(features: list[np.ndarray | None]) -> pa.Array:
+    """`float32[T, 80]` arrays -> the flattened float16 `features` column;
+    None (a clip without features) becomes null."""
+    flat = [np.zeros(0, np.float16) if f is None else np.asarray(f, np.float16).reshape(-1) for f in features]
+    offsets = np.zeros(len(flat) + 1, dtype=np.int64)
+    np.cumsum([len(f) for f in flat], out=offsets[1:])
+    values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.float16)
+    nulls = pa.array([f is None for f in features], pa.bool_())
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float16()), mask=nulls)
+
+
+def unflatten(row_features: np.ndarray, n_frames: int) -> np.ndarray:
+    """A row's flattened features back to `float32[n_frames, 80]`."""
+    return np.asarray(row_features, dtype=np.float32).reshape(n_frames, NUM_MEL_BINS)
+
+
+def read_split(root: str, split: str, columns: list[str] | None = None) -> pa.Table:
+    """One split of a shard directory (local path or URI) as an Arrow table."""
+    fs, path = storage.resolve(root)
+    split_path = storage.join(path, split)
+    if storage.is_empty(fs, split_path):
+        raise ShardError(f"{root}: no shards for split {split!r}")
+    dataset = pads.dataset(split_path, filesystem=fs, format="parquet")
+    validate(dataset.schema, f"{root}/{split}")
+    return dataset.to_table(columns=columns)
+
+
+def read_rejects(root: str) -> pa.Table:
+    fs, path = storage.resolve(root)
+    return pads.dataset(storage.join(path, "rejects.parquet"), filesystem=fs, format="parquet").to_table()
+
+
+def validate(schema: pa.Schema, where: str) -> None:
+    """Refuse shards of another schema version or with missing columns."""
+    version = (schema.metadata or {}).get(b"slc.schema_version", b"?").decode()
+    if version != str(SCHEMA_VERSION):
+        raise ShardError(f"{where}: shard schema version {version}, this slc reads version {SCHEMA_VERSION}")
+    missing = set(SHARD_SCHEMA.names) - set(schema.names)
+    if missing:
+        raise ShardError(f"{where}: shards lack column(s) {sorted(missing)}")

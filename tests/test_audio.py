@@ -1,0 +1,140 @@
+import io
+import struct
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from slc import audio
+from slc.config import AudioConfig
+
+NO_TRIM = AudioConfig(trim_silence=False)
+
+
+def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = 0.5 * np.sin(2 * np.pi * freq * t)
+    return np.stack([mono * (c + 1) / channels for c in range(channels)], axis=1).astype(np.float32)
+
+
+def encode(samples: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fmt, subtype",
+    [
+        ("WAV", "PCM_16"),
+        ("WAV", "PCM_24"),
+        ("WAV", "PCM_32"),
+        ("WAV", "FLOAT"),
+        ("FLAC", "PCM_16"),
+        ("OGG", "VORBIS"),
+        pytest.param("MP3", "MPEG_LAYER_III", marks=pytest.mark.skipif(
+            "MP3" not in sf.available_formats(), reason="this libsndfile has no MP3")),
+    ],
+)
+def test_formats_decode_to_16k_mono(fmt, subtype):
+    data = encode(tone(1.0, 44100, channels=2), 44100, fmt, subtype)
+    clip = audio.load(data, NO_TRIM)
+    assert clip.dtype == np.float32 and clip.ndim == 1
+    assert abs(len(clip) - 16000) <= 1200  # lossy codecs add encoder delay/padding
+    assert np.isfinite(clip).all()
+
+
+def test_44k_stereo_is_downmixed_and_resampled_keeping_pitch():
+    clip = audio.load(encode(tone(2.0, 44100, channels=2, freq=1000.0), 44100, "WAV", "PCM_16"), NO_TRIM)
+    assert len(clip) == 32000
+    spectrum = np.abs(np.fft.rfft(clip))
+    assert abs(np.argmax(spectrum) * 16000 / len(clip) - 1000.0) < 2.0
+    # channel gains 0.5 and 1.0 of a 0.5 tone -> mean amplitude 0.375
+    assert np.max(np.abs(clip)) == pytest.approx(0.375, abs=0.01)
+
+
+def test_path_and_bytes_give_the_same_clip(tmp_path):
+    data = encode(tone(1.0, 16000), 16000, "WAV", "PCM_16")
+    path = tmp_path / "a.wav"
+    path.write_bytes(data)
+    np.testing.assert_array_equal(audio.load(path), audio.load(data))
+
+
+def test_trim_removes_leading_and_trailing_silence():
+    silence = np.zeros((16000, 1), np.float32)
+    samples = np.concatenate([silence, tone(1.0, 16000), silence])
+    clip = audio.load(encode(samples, 16000, "WAV", "FLOAT"))
+    assert abs(len(clip) - 16000) <= 160
+    assert len(audio.load(encode(samples, 16000, "WAV", "FLOAT"), NO_TRIM)) == 48000
+
+
+def test_errors_name_the_file_and_reason(tmp_path):
+    path = tmp_path / "zero.wav"
+    path.write_bytes(b"")
+    with pytest.raises(audio.EmptyAudioError) as caught:
+        audio.load(path)
+    assert str(path) in str(caught.value) and "empty" in str(caught.value)
+    assert caught.value.reason == "empty"
+
+
+def test_random_bytes_are_undecodable():
+    data = np.random.default_rng(0).bytes(5000)
+    with pytest.raises(audio.UndecodableAudioError, match="upload.bin: undecodable"):
+        audio.load(data, name="upload.bin")
+
+
+def test_wav_header_cut_off_is_undecodable():
+    data = encode(tone(1.0, 16000), 16000, "WAV", "PCM_16")
+    with pytest.raises(audio.UndecodableAudioError):
+        audio.load(data[:30])
+
+
+def test_wav_with_data_cut_off_keeps_what_it_holds():
+    data = encode(tone(2.0, 16000), 16000, "WAV", "PCM_16")
+    clip = audio.load(data[: 44 + 2 * 16000], NO_TRIM)  # header + 1 s of 16-bit samples
+    assert len(clip) == 16000
+    with pytest.raises(audio.TooShortAudioError, match="0.25 s"):
+        audio.load(data[: 44 + 2 * 4000], NO_TRIM)
+
+
+def test_nan_in_float_wav_is_non_finite():
+    samples = tone(1.0, 16000)
+    samples[100] = np.nan
+    samples[200] = np.inf
+    with pytest.raises(audio.NonFiniteAudioError, match="2 samples"):
+        audio.load(encode(samples, 16000, "WAV", "FLOAT"))
+
+
+def test_header_claiming_gigabytes_does_not_allocate_them():
+    data = bytearray(encode(tone(1.0, 16000), 16000, "WAV", "PCM_16"))
+    struct.pack_into("<I", data, 4, 0xFFFFFFF0)  # RIFF size
+    struct.pack_into("<I", data, 40, 0xFFFFFF00)  # data chunk size: ~4 GB
+    clip = audio.load(bytes(data), NO_TRIM)
+    assert len(clip) == 16000
+
+
+def test_too_long_is_refused_before_decoding():
+    data = encode(tone(3.0, 8000), 8000, "WAV", "PCM_16")
+    with pytest.raises(audio.TooLongAudioError, match="3.0 s"):
+        audio.load(data, AudioConfig(max_duration_s=2.0))
+
+
+def test_silence_is_too_short_after_trimming():
+    with pytest.raises(audio.TooShortAudioError, match="after trimming"):
+        audio.load(encode(np.zeros((32000, 1), np.float32), 16000, "WAV", "PCM_16"))
+
+
+def test_short_clip_is_too_short():
+    with pytest.raises(audio.TooShortAudioError, match="0.30 s"):
+        audio.load(encode(tone(0.3, 16000), 16000, "WAV", "PCM_16"))
+
+
+def test_missing_file_is_unreadable(tmp_path):
+    with pytest.raises(audio.UnreadableAudioError, match="nope.wav"):
+        audio.load(tmp_path / "nope.wav")
+
+
+def test_every_error_is_an_audio_error():
+    for cls in (audio.EmptyAudioError, audio.UndecodableAudioError, audio.NonFiniteAudioError,
+                audio.TooShortAudioError, audio.TooLongAudioError, audio.UnreadableAudioError):
+        assert issubclass(cls, audio.AudioError)
