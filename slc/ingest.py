@@ -65,7 +65,7 @@ def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), 
         pq.write_table(rejects.sort_by("id"), stream)
 
     summary = summarize(found, outcome, time.perf_counter() - started)
-    summary.update(corpus=str(corpus), out=str(out), slc_version=__version__)
+    summary.update(corpus=str(corpus), out=storage.redact(out), slc_version=__version__)
     storage.write_json(fs, storage.join(root, "summary.json"), summary)
     storage.write_text(fs, storage.join(root, "labels.json"), found.labels.to_json())
     storage.write_text(fs, storage.join(root, "config.json"), cfg.dumps(config))

@@ -11,6 +11,7 @@ import json
 import posixpath
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 
@@ -25,6 +26,15 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     if "://" in text:
         return pafs.FileSystem.from_uri(text)
     return pafs.LocalFileSystem(), Path(text).expanduser().resolve().as_posix()
+
+
+def redact(location: str | Path) -> str:
+    """The location without credentials (`s3://KEY:SECRET@bucket` -> `s3://***@bucket`),
+    for messages and summaries."""
+    parts = urlsplit(str(location))
+    if "@" not in parts.netloc:
+        return str(location)
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def join(*parts: str) -> str:
@@ -47,7 +57,7 @@ def prepare_output(location: str | Path, overwrite: bool) -> tuple[pafs.FileSyst
     fs, path = resolve(location)
     if not is_empty(fs, path):
         if not overwrite:
-            raise StorageError(f"{location}: output is not empty; pass --overwrite to replace it")
+            raise StorageError(f"{redact(location)}: output is not empty; pass --overwrite to replace it")
         if fs.get_file_info(path).type == pafs.FileType.Directory:
             fs.delete_dir_contents(path)
         else:
