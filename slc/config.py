@@ -63,15 +63,139 @@ class SplitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Waveform augmentation of training clips at ingest: `copies` augmented
+    copies of every training clip, each with its own random recipe. Every
+    `*_prob` is the chance that a copy gets that part; ranges are (min, max),
+    drawn uniformly."""
+
+    # Noise colour -> exponent x of its power spectral density, 1/f^x.
+    NOISE_COLORS: typing.ClassVar[dict[str, float]] = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+    copies: int = 0
+    seed: int = 0
+    speed_prob: float = 0.8
+    speed: tuple[float, float] = (0.85, 1.15)  # tempo and pitch factor, as Kaldi's speed perturbation
+    pitch_prob: float = 0.3
+    pitch_semitones: tuple[float, float] = (-3.0, 3.0)  # pitch and formants, tempo kept
+    noise_prob: float = 0.8
+    noise_colors: tuple[str, ...] = ("white", "pink", "brown")
+    snr_db: tuple[float, float] = (3.0, 30.0)  # speech power over noise power
+    gain_prob: float = 0.5
+    gain_db: tuple[float, float] = (-12.0, 6.0)  # then clipped at full scale, as an ADC does
+    band_limit_prob: float = 0.3
+    band_limit_rates: tuple[int, ...] = (8000, 11025)  # resample through these rates and back
+    silence_prob: float = 0.5
+    silence_s: tuple[float, float] = (0.0, 1.0)  # leading and trailing, each
+    # Noise floor under every copy, dB relative to speech power: a real recording
+    # never holds digital zeros. None leaves the clip's own silences as they are.
+    floor_db: float | None = -60.0
+
+    def __post_init__(self) -> None:
+        if self.copies < 0 or self.seed < 0:
+            raise ValueError(f"copies and seed must be >= 0, got copies={self.copies}, seed={self.seed}")
+        for name in ("speed_prob", "pitch_prob", "noise_prob", "gain_prob", "band_limit_prob", "silence_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
+        for name in ("speed", "pitch_semitones", "snr_db", "gain_db", "silence_s"):
+            span = getattr(self, name)
+            if len(span) != 2 or span[0] > span[1]:
+                raise ValueError(f"{name} must be a (min, max) pair with min <= max, got {span}")
+        if self.speed[0] <= 0 or self.silence_s[0] < 0:
+            raise ValueError(
+                f"speed must be > 0 and silence_s >= 0, got speed={self.speed}, silence_s={self.silence_s}"
+            )
+        if abs(self.pitch_semitones[0]) > 12 or abs(self.pitch_semitones[1]) > 12:
+            raise ValueError(f"pitch_semitones must be within [-12, 12], got {self.pitch_semitones}")
+        unknown = [c for c in self.noise_colors if c not in self.NOISE_COLORS]
+        if unknown or (self.noise_prob > 0 and not self.noise_colors):
+            raise ValueError(f"noise_colors must name some of {list(self.NOISE_COLORS)}, got {list(self.noise_colors)}")
+        if any(not 0 < rate < SAMPLE_RATE for rate in self.band_limit_rates) or (
+            self.band_limit_prob > 0 and not self.band_limit_rates
+        ):
+            raise ValueError(
+                f"band_limit_rates must be rates in Hz below {SAMPLE_RATE}, got {list(self.band_limit_rates)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
 class IngestConfig:
     """Corpus -> features -> Parquet shards."""
 
     audio: AudioConfig = dataclasses.field(default_factory=AudioConfig)
     features: FeatureConfig = dataclasses.field(default_factory=FeatureConfig)
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     labels: tuple[str, ...] = ()  # empty: every language the corpus brings
     clips_per_task: int = 16
-    rows_per_file: int = 2_000
+    rows_per_file: int = 128  # also the unit of parallel writing: smaller files, more parallelism
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Speech2Text encoder shape + pooling head. Build from a preset with
+    `ModelConfig.preset("tiny")`; `init_from` names a Speech2Text checkpoint
+    (local directory, or a hub name where there is a network) whose encoder
+    shape and weights replace the preset's."""
+
+    d_model: int = 144
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 4
+    encoder_ffn_dim: int = 576
+    conv_channels: int = 256
+    conv_kernel_sizes: tuple[int, ...] = (5, 5)
+    max_source_positions: int = 6000  # after 4x subsampling: 240 s of audio
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    head_dropout: float = 0.2
+    pooling_hidden: int = 128
+    init_from: str | None = None
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        return cls(**{**MODEL_PRESETS[name], **overrides})
+
+
+# Encoder shapes: tiny for CPUs and tests; small is s2t-small's encoder; base
+# is the size of the reference 188 MB fp32 model.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=144, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=576, conv_channels=256),
+    "small": dict(d_model=256, encoder_layers=12, encoder_attention_heads=4, encoder_ffn_dim=2048, conv_channels=1024),
+    "base": dict(d_model=512, encoder_layers=12, encoder_attention_heads=8, encoder_ffn_dim=2048, conv_channels=2048),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Ray Train run: schedule, batches, augmentation of batches, resources."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    epochs: int = 50
+    batch_size: int = 32  # per worker
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    label_smoothing: float = 0.1
+    max_frames: int = 600  # random crop of training clips: 6 s
+    eval_max_frames: int = 3000  # validation clips are whole up to 30 s
+    time_masks: int = 2  # SpecAugment, training batches only
+    time_mask_frames: int = 40
+    freq_masks: int = 2
+    freq_mask_bins: int = 10
+    balance: str = "weights"  # class imbalance: "weights" (loss weights) or "none"
+    patience: int | None = None  # epochs without a better val F1 before stopping
+    workers: int = 1
+    cpus_per_worker: float | None = None  # None: 1, or less so Ray Data keeps a CPU
+    use_gpu: bool | None = None  # None: when the cluster has GPUs
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.balance not in ("weights", "none"):
+            raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -84,7 +84,7 @@ class Fbank(nn.Module):
         )
         frames = nn.functional.pad(frames * self.window, (0, cfg.fft_length - cfg.frame_length))
         spectrum = torch.view_as_real(torch.fft.rfft(frames)).float()
-        power = spectrum.square().sum(dim=-1)
+        power = spectrum[..., 0].square() + spectrum[..., 1].square()
         log_mel = torch.log(torch.clamp(power @ self.mel_filters, min=cfg.mel_floor))
 
         frame_lengths = torch.clamp(

@@ -8,6 +8,7 @@ always equals discovered.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -20,7 +21,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.expressions import col
 
 from slc import __version__, config as cfg, storage
 from slc.audio import AudioError, load
@@ -28,13 +28,9 @@ from slc.config import FeatureConfig, IngestConfig
 from slc.corpus import SPLITS, Corpus, discover
 from slc.features import Fbank, extract
 from slc.labels import LabelSet
-from slc.shards import REJECT_SCHEMA, SHARD_SCHEMA, features_column
+from slc.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, features_column
 
 log = logging.getLogger(__name__)
-
-# What a featurize task returns per clip: the shard columns, with features
-# null for a reject, plus why it was rejected.
-_ROW_SCHEMA = pa.schema(list(SHARD_SCHEMA) + [pa.field("reason", pa.string()), pa.field("detail", pa.string())])
 
 
 def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), overwrite: bool = False) -> dict[str, Any]:
@@ -49,17 +45,10 @@ def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), 
     found = discover(corpus, labels, config.split)
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
 
-    rows = _featurize(found, config).materialize()
-    for split in SPLITS:
-        accepted = rows.filter(expr=(col("split") == split) & col("reason").is_null())
-        accepted = accepted.select_columns(SHARD_SCHEMA.names)
-        if accepted.count():
-            accepted.write_parquet(
-                storage.join(root, split), filesystem=fs, schema=SHARD_SCHEMA, min_rows_per_file=config.rows_per_file
-            )
-    outcome = pa.concat_tables(
-        ray.get(rows.select_columns(["id", "path", "lang", "split", "duration_s", "reason", "detail"]).to_arrow_refs())
-    )
+    sink = ShardSink(fs, root, config.rows_per_file)
+    with _parallel_map():
+        _featurize(found, config).write_datasink(sink)
+    outcome = sink.outcomes
     rejects = outcome.filter(pc.is_valid(outcome["reason"])).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
     with fs.open_output_stream(storage.join(root, "rejects.parquet")) as stream:
         pq.write_table(rejects.sort_by("id"), stream)
@@ -85,7 +74,7 @@ def _featurize(found: Corpus, config: IngestConfig) -> ray.data.Dataset:
 
 
 def featurize_batch(batch: pa.Table, config: IngestConfig) -> pa.Table:
-    """Clips (`id, path, lang, split, group`) -> rows of `_ROW_SCHEMA`, one per
+    """Clips (`id, path, lang, split, group`) -> rows of `CLIP_OUTCOME_SCHEMA`, one per
     clip: features for those that load, reason and detail for those that don't."""
     fbank = _fbank(config.features)
     columns: dict[str, list] = defaultdict(list)
@@ -107,7 +96,21 @@ def featurize_batch(batch: pa.Table, config: IngestConfig) -> pa.Table:
         columns["reason"].append(reason)
         columns["detail"].append(detail)
     columns["features"] = features_column(columns["features"])
-    return pa.table(columns, schema=_ROW_SCHEMA)
+    return pa.table(columns, schema=CLIP_OUTCOME_SCHEMA)
+
+
+@contextlib.contextmanager
+def _parallel_map():
+    """Ray Data reserves a share of the CPUs for each operator; on a small
+    machine that leaves featurizing, the one operator that matters here, a single
+    task at a time. Lifted for the duration of ingest."""
+    context = ray.data.DataContext.get_current()
+    reserving = context.op_resource_reservation_enabled
+    context.op_resource_reservation_enabled = False
+    try:
+        yield
+    finally:
+        context.op_resource_reservation_enabled = reserving
 
 
 @functools.lru_cache(maxsize=4)
