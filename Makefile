@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 SLC := $(VENV)/bin/slc
 STAMP := $(VENV)/.installed
 DEMO ?= demo-output
-DEMO_PER_LANG ?= 60
+DEMO_PER_LANG ?= 100
+DEMO_EPOCHS ?= 10
 
 .PHONY: setup espeak test demo bench clean
 
@@ -37,10 +38,13 @@ test: setup
 
 demo: setup
 	$(SLC) synth $(DEMO)/corpus --per-lang $(DEMO_PER_LANG) --overwrite
-	$(SLC) ingest $(DEMO)/corpus $(DEMO)/shards --overwrite
+	$(SLC) ingest $(DEMO)/corpus $(DEMO)/shards --augment 2 --overwrite
+	$(SLC) train $(DEMO)/shards $(DEMO)/run --preset tiny --workers 2 --epochs $(DEMO_EPOCHS) --overwrite
+	$(SLC) evaluate $(DEMO)/run/best $(DEMO)/shards $(DEMO)/report
 
 bench: setup
 	$(PY) bench/featurize.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

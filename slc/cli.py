@@ -73,6 +73,7 @@ def ingest(
     max_duration: Annotated[Optional[float], typer.Option(help="Reject clips longer than this (s).")] = None,
     min_duration: Annotated[Optional[float], typer.Option(help="Reject clips shorter than this after trimming (s).")] = None,
     trim: Annotated[Optional[bool], typer.Option("--trim/--no-trim", help="Trim leading/trailing silence.")] = None,
+    augment: Annotated[Optional[int], typer.Option(help="Augmented copies of every training clip (speed, noise, gain, band, silence, pitch).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Featurize a corpus into Parquet shards per split, with rejects and a summary."""
@@ -80,7 +81,7 @@ def ingest(
 
     try:
         settings = cfg.load(cfg.IngestConfig, config) if config else cfg.IngestConfig()
-        settings = _override_ingest(settings, labels, split, seed, max_duration, min_duration, trim)
+        settings = _override_ingest(settings, labels, split, seed, max_duration, min_duration, trim, augment)
         summary = run_ingest(corpus, out, settings, overwrite=overwrite)
     except _USER_ERRORS as error:
         raise _fail(error) from None
@@ -95,6 +96,7 @@ def _override_ingest(
     max_duration: float | None,
     min_duration: float | None,
     trim: bool | None,
+    augment: int | None,
 ) -> cfg.IngestConfig:
     audio = settings.audio
     if max_duration is not None:
@@ -110,7 +112,8 @@ def _override_ingest(
     if seed is not None:
         split_config = dataclasses.replace(split_config, seed=seed)
     codes = tuple(c.strip() for c in labels.split(",") if c.strip()) if labels else settings.labels
-    return dataclasses.replace(settings, audio=audio, split=split_config, labels=codes)
+    augment_config = settings.augment if augment is None else dataclasses.replace(settings.augment, copies=augment)
+    return dataclasses.replace(settings, audio=audio, split=split_config, labels=codes, augment=augment_config)
 
 
 def format_ingest_summary(summary: dict) -> str:
@@ -125,6 +128,10 @@ def format_ingest_summary(summary: dict) -> str:
         f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
         f"  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)"
     )
+    if summary["augmented"]["clips"]:
+        lines.append(
+            f"augmented training copies: {summary['augmented']['clips']} ({summary['augmented']['hours']:.3f} h)"
+        )
     if summary["rejected_by_reason"]:
         lines.append("rejected by reason: " + json.dumps(summary["rejected_by_reason"]))
     if summary["excluded_by_label"]:
@@ -139,6 +146,80 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
     return "\n".join(lines)
+
+
+PRESET_HELP = (
+    "Encoder size: tiny (1.3 M parameters, for CPUs and tests), small (17.5 M, the s2t-small encoder), "
+    "base (44.0 M, the size of the 188 MB reference model)."
+)
+
+
+@app.command()
+def train(
+    shards: Annotated[str, typer.Argument(help="Shard directory written by `slc ingest` (path or URI).")],
+    out: Annotated[str, typer.Argument(help="Run directory: Ray Train's checkpoints under run/, the best in best/.")],
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "tiny",
+    init_from: Annotated[Optional[str], typer.Option(help="Speech2Text checkpoint (save_pretrained directory or hub name) for the encoder.")] = None,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP).")] = 1,
+    epochs: Annotated[int, typer.Option()] = 50,
+    batch_size: Annotated[int, typer.Option(help="Clips per worker per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps of linear warmup before linear decay.")] = 0.1,
+    label_smoothing: Annotated[float, typer.Option()] = 0.1,
+    max_frames: Annotated[int, typer.Option(help="Random crop of training clips, in 10 ms frames.")] = 600,
+    balance: Annotated[str, typer.Option(help="Class imbalance: weights (loss weights) or none.")] = "weights",
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val F1.")] = None,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Default: use GPUs when the cluster has them.")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option()] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from (resume from the last checkpoint).")] = 0,
+    keep: Annotated[int, typer.Option(help="Checkpoints kept: the best by val F1 (plus the latest).")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: Annotated[Optional[Path], typer.Option(help="TrainConfig as YAML or JSON; flags given override it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its latest checkpoint.")] = False,
+) -> None:
+    """Train the classifier on Ray Train; the best checkpoint by val macro F1 goes to OUT/best."""
+    from slc.train import train as run_train
+
+    try:
+        base = cfg.load(cfg.TrainConfig, config) if config else cfg.TrainConfig()
+        settings = dataclasses.replace(
+            base,
+            model=cfg.ModelConfig.preset(preset, init_from=init_from),
+            workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio, label_smoothing=label_smoothing, max_frames=max_frames, balance=balance,
+            patience=patience, use_gpu=gpu, cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+            keep_checkpoints=keep, seed=seed,
+        )
+        best = run_train(shards, out, settings, overwrite=overwrite, resume=resume)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(
+        f"best checkpoint: epoch {best['epoch']} of {best['epochs_run']}, val macro F1 {best['val_f1']:.4f} -> {best['best']}"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, e.g. RUN/best.")],
+    shards: Annotated[str, typer.Argument(help="Shard directory (path or URI).")],
+    out: Annotated[Path, typer.Argument(help="Report directory: report.md, metrics.json, PNG plots.")],
+    split: Annotated[str, typer.Option(help="Shard split to evaluate.")] = "test",
+) -> None:
+    """Score a checkpoint on unseen clips: precision, recall, F1, IoU, confusion matrix, curves."""
+    from slc.evaluation import evaluate as run_evaluate
+
+    try:
+        metrics = run_evaluate(checkpoint, shards, out, split=split)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    rows = [[code, f"{m['f1']:.4f}", f"{m['precision']:.4f}", f"{m['recall']:.4f}", str(m["support"])]
+            for code, m in metrics["per_class"].items()]
+    typer.echo(_table(["lang", "F1", "precision", "recall", "clips"], rows))
+    macro = metrics["macro"]
+    typer.echo(f"macro F1 {macro['f1']:.4f}  precision {macro['precision']:.4f}  recall {macro['recall']:.4f}  "
+               f"IoU {macro['iou']:.4f}  -> {out / 'report.md'}")
 
 
 if __name__ == "__main__":

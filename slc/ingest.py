@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from slc import __version__, config as cfg, storage
+from slc import __version__, augment, config as cfg, storage
 from slc.audio import AudioError, load
 from slc.config import FeatureConfig, IngestConfig
 from slc.corpus import SPLITS, Corpus, discover
@@ -74,27 +74,34 @@ def _featurize(found: Corpus, config: IngestConfig) -> ray.data.Dataset:
 
 
 def featurize_batch(batch: pa.Table, config: IngestConfig) -> pa.Table:
-    """Clips (`id, path, lang, split, group`) -> rows of `CLIP_OUTCOME_SCHEMA`, one per
-    clip: features for those that load, reason and detail for those that don't."""
+    """Clips (`id, path, lang, split, group`) -> rows of CLIP_OUTCOME_SCHEMA:
+    features for a clip that loads, plus `config.augment.copies` augmented
+    copies of a training clip; reason and detail for a clip that does not."""
     fbank = _fbank(config.features)
-    columns: dict[str, list] = defaultdict(list)
+    rows: list[dict[str, Any]] = []
     for clip in batch.to_pylist():
-        for name in ("id", "path", "lang", "split", "group"):
-            columns[name].append(clip[name])
-        features = duration = reason = detail = None
         try:
             audio = load(clip["path"], config.audio)
-            features = extract(audio, fbank)
-            duration = len(audio) / config.audio.sample_rate
         except AudioError as error:
-            reason, detail = error.reason, str(error)
+            rows.append({**clip, "reason": error.reason, "detail": str(error)})
+            continue
         except Exception as error:  # a bug or resource failure must not lose the other clips
-            reason, detail = "failed", f"{clip['path']}: {type(error).__name__}: {error}"
-        columns["duration_s"].append(duration)
-        columns["n_frames"].append(None if features is None else len(features))
-        columns["features"].append(features)
-        columns["reason"].append(reason)
-        columns["detail"].append(detail)
+            rows.append({**clip, "reason": "failed", "detail": f"{clip['path']}: {type(error).__name__}: {error}"})
+            continue
+        versions = [(None, audio)]
+        if clip["split"] == "train":
+            versions += augment.copies(audio, clip["id"], config.augment, config.audio.sample_rate)
+        for index, (recipe, wave) in enumerate(versions):
+            features = extract(wave, fbank)
+            rows.append({
+                **clip,
+                "id": clip["id"] if recipe is None else f"{clip['id']}#aug{index}",
+                "duration_s": len(wave) / config.audio.sample_rate,
+                "n_frames": len(features),
+                "features": features,
+                "augment": None if recipe is None else recipe.to_json(),
+            })
+    columns = {name: [row.get(name) for row in rows] for name in CLIP_OUTCOME_SCHEMA.names}
     columns["features"] = features_column(columns["features"])
     return pa.table(columns, schema=CLIP_OUTCOME_SCHEMA)
 
@@ -119,35 +126,38 @@ def _fbank(features: FeatureConfig) -> Fbank:
 
 
 def summarize(found: Corpus, outcome: pa.Table, wall_s: float) -> dict[str, Any]:
-    """Counts and hours per split and language; accepted + rejected == discovered."""
-    rows = outcome.select(["lang", "split", "duration_s", "reason"]).to_pylist()
-    accepted = [r for r in rows if r["reason"] is None]
-    if len(rows) != len(found.clips):
-        raise RuntimeError(f"ingest lost clips: {len(found.clips)} discovered, {len(rows)} processed")
-    splits: dict[str, Any] = {}
-    for split in SPLITS:
-        in_split = [r for r in accepted if r["split"] == split]
-        languages = {
-            lang: {
-                "clips": sum(1 for r in in_split if r["lang"] == lang),
-                "hours": round(sum(r["duration_s"] for r in in_split if r["lang"] == lang) / 3600, 4),
-            }
-            for lang in found.labels.codes
-        }
-        splits[split] = {
-            "clips": len(in_split),
-            "hours": round(sum(r["duration_s"] for r in in_split) / 3600, 4),
-            "languages": languages,
-        }
+    """Counts and hours per split and language; accepted + rejected ==
+    discovered (augmented copies are counted apart)."""
+    rows = outcome.select(["lang", "split", "duration_s", "reason", "augment"]).to_pylist()
+    originals = [r for r in rows if r["augment"] is None]
+    copies = [r for r in rows if r["augment"] is not None]
+    accepted = [r for r in originals if r["reason"] is None]
+    if len(originals) != len(found.clips):
+        raise RuntimeError(f"ingest lost clips: {len(found.clips)} discovered, {len(originals)} processed")
+    splits = {split: _tally([r for r in accepted if r["split"] == split], found.labels) for split in SPLITS}
     audio_s = sum(r["duration_s"] for r in accepted)
     return {
         "discovered": len(found.clips),
         "accepted": len(accepted),
-        "rejected": len(rows) - len(accepted),
-        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in rows if r["reason"]).items())),
+        "rejected": len(originals) - len(accepted),
+        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in originals if r["reason"]).items())),
         "excluded_by_label": found.excluded,
+        "augmented": _tally(copies, found.labels),
         "labels": list(found.labels.codes),
         "splits": splits,
         "audio_hours": round(audio_s / 3600, 4),
         "wall_s": round(wall_s, 2),
+    }
+
+
+def _tally(rows: list[dict[str, Any]], labels: LabelSet) -> dict[str, Any]:
+    """Clips and hours, in all and per language."""
+    def hours(selected: list[dict[str, Any]]) -> float:
+        return round(sum(r["duration_s"] for r in selected) / 3600, 4)
+
+    by_lang = {code: [r for r in rows if r["lang"] == code] for code in labels.codes}
+    return {
+        "clips": len(rows),
+        "hours": hours(rows),
+        "languages": {code: {"clips": len(selected), "hours": hours(selected)} for code, selected in by_lang.items()},
     }

@@ -21,7 +21,7 @@ from ray.data.datasource.datasink import Datasink, WriteResult
 
 from slc import storage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the augment column
 NUM_MEL_BINS = 80
 
 SHARD_SCHEMA = pa.schema(
@@ -34,6 +34,7 @@ SHARD_SCHEMA = pa.schema(
         ("duration_s", pa.float32()),
         ("n_frames", pa.int32()),
         ("features", pa.large_list(pa.float16())),  # n_frames * 80, row-major
+        ("augment", pa.string()),  # an augmented copy's recipe as JSON; null for the clip itself
     ],
     metadata={"slc.schema_version": str(SCHEMA_VERSION), "slc.num_mel_bins": str(NUM_MEL_BINS)},
 )

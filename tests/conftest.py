@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +47,127 @@ def speech_16k() -> np.ndarray:
     wav = espeak_wav("Guten Morgen. Der Zug nach Zürich fährt heute um halb neun vom dritten Gleis ab.", "de")
     samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
     return soxr.resample(samples, rate, 16000).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory, ray_session):
+    """Shards of a small espeak-ng corpus (de, en; 16 clips each) for training tests."""
+    from slc.ingest import ingest
+    from slc.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("small")
+    make_corpus(root / "corpus", ("de", "en"), per_lang=16, seed=3)
+    ingest(root / "corpus", str(root / "shards"))
+    return root / "shards"
+
+
+# --- a Ray head of its own, as `ray start --head` makes one ----------------
+
+def _free_ports(n: int) -> list[int]:
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def _processes_of(head_pid: int, temp_dir: str) -> set[int]:
+    """Live processes of the head: its session (everything `ray start` and the
+    raylet spawn inherits its setsid), or any naming or running in its temp dir
+    (a job's driver gets a session of its own but runs in the working dir
+    unpacked under it)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            state, group, session = fields[0], int(fields[2]), int(fields[3])
+            if state == "Z":
+                continue
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if head_pid in (group, session) or temp_dir in cmdline or os.readlink(entry / "cwd").startswith(temp_dir):
+                found.add(int(entry.name))
+        except OSError:
+            continue  # exited meanwhile
+    return found
+
+
+def _wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while not (result := condition()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(interval_s)
+    return result
+
+
+class RayHead:
+    """A running head: its dashboard address and the environment (token
+    included) its clients need."""
+
+    def __init__(self, dashboard: str, env: dict[str, str]) -> None:
+        self.dashboard, self.env = dashboard, env
+
+    def ray(self, *args: str, token: str | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess:
+        env = dict(self.env, RAY_AUTH_TOKEN=token) if token else self.env
+        return subprocess.run(
+            [str(VENV_BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+        )
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of its own, as `ray start --head` makes one, with token auth.
+
+    It must not touch the session's in-process cluster: its own temp dir (so
+    `ray.init()` elsewhere never finds it in /tmp/ray/ray_current_cluster), its
+    own ports (the dashboard agent's default 52365 is already taken by the
+    session cluster's agent, and without it no job can be submitted), and it is
+    stopped by signalling `ray start --block`, never by `ray stop`, which
+    would kill every Ray process on the machine.
+    """
+    # Short: Ray's unix sockets live under it and paths are limited to 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="slc-ray-", dir="/tmp")
+    gcs, dashboard, agent, client_server = _free_ports(4)
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # The job's `python` is whatever the head's PATH finds: the venv, as for a
+    # user who activated it before `ray start`.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
+    # On SIGTERM the head otherwise waits up to 30 s for its node to drain
+    # (for Serve replicas; there are none here) before stopping its processes.
+    env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"
+    log = Path(temp_dir) / "ray-start.log"
+    command = [
+        str(VENV_BIN / "ray"), "start", "--head", "--block",
+        f"--port={gcs}", "--num-cpus=2", "--node-ip-address=127.0.0.1",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client_server}",
+        "--min-worker-port=0", "--max-worker-port=0",
+        f"--temp-dir={temp_dir}", "--disable-usage-stats",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        head = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # `ray start` writes the address file once GCS, raylet and dashboard are up.
+        _wait_for(
+            lambda: head.poll() is not None or (Path(temp_dir) / "ray_current_cluster").exists(),
+            120,
+            "ray start --head",
+        )
+        assert head.poll() is None, f"ray start exited {head.returncode}:\n{log.read_text()[-3000:]}"
+        assert _processes_of(head.pid, temp_dir) > {head.pid}  # the sweep below sees its children
+        yield RayHead(f"http://127.0.0.1:{dashboard}", env)
+    finally:
+        head.send_signal(signal.SIGTERM)  # stops every process it started, then exits
+        with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
+            head.wait(timeout=60)
+            _wait_for(lambda: not _processes_of(head.pid, temp_dir), 15, "the head's processes to exit")
+        left = _processes_of(head.pid, temp_dir)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        head.wait(timeout=10)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not left, f"processes of the Ray head outlived it: {sorted(left)}"

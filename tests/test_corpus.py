@@ -49,7 +49,7 @@ def test_manifest_csv_and_tsv_resolve_relative_paths(tmp_path):
     (tmp_path / "list.csv").write_text(
         f"path,lang,group,split\naudio/one.wav,Swiss_German,spk1,test\n{absolute},de_DE,,\n"
     )
-    (tmp_path / "list.tsv").write_text(f"path\tlang\naudio/one.wav\tfr-BE\n")
+    (tmp_path / "list.tsv").write_text("path\tlang\naudio/one.wav\tfr-BE\n")
     clips = discover(tmp_path / "list.csv").clips
     assert [(c.path, c.lang, c.group, c.split) for c in clips] == [
         (str(audio), "gsw", "spk1", "test"),

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 from slc import config
 from slc.audio import load
+from slc.augment import Recipe
 from slc.cli import app
 from slc.config import IngestConfig
 from slc.features import Fbank, extract
@@ -119,3 +121,18 @@ def test_cli_labels_restrict_and_summary_prints(tmp_path, corpus, ray_session):
     assert "outside the label set" in result.output and '"de": 14' in result.output
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["labels"] == ["en"] and summary["discovered"] == 12 + 3
+
+
+def test_augmented_copies_only_for_training_clips(corpus, tmp_path, ray_session):
+    config = IngestConfig(augment=dataclasses.replace(IngestConfig().augment, copies=2))
+    summary = ingest(corpus, str(tmp_path / "s"), config)
+    train = read_split(str(tmp_path / "s"), "train", columns=["id", "group", "augment", "n_frames"]).to_pylist()
+    originals = [r for r in train if r["augment"] is None]
+    copies = [r for r in train if r["augment"] is not None]
+    assert len(originals) == summary["splits"]["train"]["clips"]
+    assert len(copies) == 2 * len(originals) == summary["augmented"]["clips"]
+    assert {r["id"].split("#")[0] for r in copies} == {r["id"] for r in originals}
+    assert all(Recipe.from_json(r["augment"]) for r in copies)
+    for split in ("val", "test"):
+        assert read_split(str(tmp_path / "s"), split, columns=["augment"]).column("augment").null_count == summary["splits"][split]["clips"]
+    assert summary["accepted"] + summary["rejected"] == summary["discovered"]

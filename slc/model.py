@@ -1,0 +1,125 @@
+"""The classifier: transformers' Speech2Text encoder + masked attentive
+statistics pooling -> dropout -> linear.
+
+The encoder's modules (conv subsampler, sinusoidal positions, transformer
+layers) are transformers' own, so `save_pretrained` checkpoints load into it;
+the forward pass is written here because transformers' subsampler convolves
+over padding, which makes a clip's output depend on what it is batched with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Speech2TextConfig
+from transformers.models.speech_to_text.modeling_speech_to_text import Speech2TextEncoder, Speech2TextModel
+
+from slc.config import ModelConfig
+
+
+def encoder_config(config: ModelConfig, num_mel_bins: int = 80) -> Speech2TextConfig:
+    """transformers' config for the encoder shape of `config`."""
+    return Speech2TextConfig(
+        d_model=config.d_model,
+        encoder_layers=config.encoder_layers,
+        encoder_attention_heads=config.encoder_attention_heads,
+        encoder_ffn_dim=config.encoder_ffn_dim,
+        conv_channels=config.conv_channels,
+        conv_kernel_sizes=list(config.conv_kernel_sizes),
+        num_conv_layers=len(config.conv_kernel_sizes),
+        input_feat_per_channel=num_mel_bins,
+        max_source_positions=config.max_source_positions,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        activation_dropout=config.dropout,
+        encoder_layerdrop=0.0,
+        decoder_layers=0,
+        attn_implementation="eager",
+    )
+
+
+def load_encoder(name_or_path: str) -> tuple[Speech2TextEncoder, ModelConfig]:
+    """The encoder of a Speech2Text checkpoint saved with `save_pretrained` (a
+    local directory; a hub name needs a network) and the ModelConfig of its shape."""
+    pretrained = Speech2TextModel.from_pretrained(name_or_path, attn_implementation="eager")
+    hf = pretrained.config
+    config = ModelConfig(
+        d_model=hf.d_model,
+        encoder_layers=hf.encoder_layers,
+        encoder_attention_heads=hf.encoder_attention_heads,
+        encoder_ffn_dim=hf.encoder_ffn_dim,
+        conv_channels=hf.conv_channels,
+        conv_kernel_sizes=tuple(hf.conv_kernel_sizes),
+        max_source_positions=hf.max_source_positions,
+        init_from=name_or_path,
+    )
+    return pretrained.get_encoder(), config
+
+
+class AttentiveStatsPooling(nn.Module):
+    """Attention-weighted mean and standard deviation over valid frames:
+    `[B, T, D]`, mask `[B, T]` -> `[B, 2D]`."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.attention = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        scores = self.attention(hidden).squeeze(-1)
+        scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
+        weights = torch.softmax(scores, dim=-1).unsqueeze(-1)
+        mean = (weights * hidden).sum(dim=1)
+        variance = (weights * hidden.square()).sum(dim=1) - mean.square()
+        return torch.cat([mean, torch.sqrt(variance.clamp(min=1e-6))], dim=-1)
+
+
+class LanguageClassifier(nn.Module):
+    """Features `float32[B, T, 80]` + valid frame counts `int64[B]` -> logits `[B, labels]`."""
+
+    def __init__(self, config: ModelConfig, num_labels: int, encoder: Speech2TextEncoder | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else Speech2TextEncoder(encoder_config(config))
+        self.pooling = AttentiveStatsPooling(config.d_model, config.pooling_hidden)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.classifier = nn.Linear(2 * config.d_model, num_labels)
+
+    @classmethod
+    def build(cls, config: ModelConfig, num_labels: int) -> LanguageClassifier:
+        """Random init from `config`, or the encoder of `config.init_from`."""
+        if config.init_from:
+            encoder, shape = load_encoder(config.init_from)
+            return cls(shape, num_labels, encoder)
+        return cls(config, num_labels)
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> torch.Tensor:
+        hidden, valid = self.encode(features, frame_lengths)
+        return self.classifier(self.dropout(self.pooling(hidden, valid)))
+
+    def encode(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> encoder states `[B, T', D]` and their validity mask `[B, T']`
+        (T' = T subsampled 2x per conv layer)."""
+        encoder = self.encoder
+        hidden = features.transpose(1, 2)
+        lengths = frame_lengths
+        for conv in encoder.conv.conv_layers:
+            hidden = nn.functional.glu(conv(hidden), dim=1)
+            lengths = torch.div(lengths - 1, 2, rounding_mode="floor") + 1
+            # Zero the padding, as a clip alone would see the conv's zero padding.
+            hidden = hidden * _mask(lengths, hidden.shape[-1]).unsqueeze(1).to(hidden.dtype)
+        hidden = hidden.transpose(1, 2) * encoder.embed_scale
+        valid = _mask(lengths, hidden.shape[1])
+        hidden = hidden + encoder.embed_positions((~valid).long())
+        hidden = nn.functional.dropout(hidden, p=encoder.dropout, training=self.training)
+        attention_mask = (~valid)[:, None, None, :].to(hidden.dtype) * torch.finfo(hidden.dtype).min
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask)
+        return encoder.layer_norm(hidden), valid
+
+
+def _mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
