@@ -33,13 +33,16 @@ def save(
     train: TrainConfig,
     features: FeatureConfig,
     metrics: dict[str, Any],
+    shards: str | None = None,
 ) -> Path:
+    """Write a checkpoint; `shards` records where the model's training data
+    lives, so export and evaluation can find its validation and test splits."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors")
     (directory / "config.json").write_text(
-        json.dumps({"train": cfg.to_dict(train), "features": cfg.to_dict(features)}, indent=2) + "\n"
+        json.dumps({"train": cfg.to_dict(train), "features": cfg.to_dict(features), "shards": shards}, indent=2) + "\n"
     )
     (directory / "labels.json").write_text(labels.to_json())
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -64,6 +67,11 @@ def load(directory: Path) -> tuple[LanguageClassifier, LabelSet, TrainConfig, Fe
     except RuntimeError as error:
         raise CheckpointError(f"{directory}/model.safetensors does not fit its config.json: {error}") from None
     return model, labels, train, features
+
+
+def trained_on(directory: Path) -> str | None:
+    """The shard directory the checkpoint was trained on, when it was recorded."""
+    return json.loads((Path(directory) / "config.json").read_text()).get("shards")
 
 
 def read_metrics(directory: Path) -> dict[str, Any]:

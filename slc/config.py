@@ -198,6 +198,27 @@ class TrainConfig:
             raise ValueError(f"balance must be 'weights' or 'none', got {self.balance!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowConfig:
+    """Sliding windows over a long recording: per-window probabilities, merged
+    into a timeline of language segments."""
+
+    window_s: float = 4.0
+    hop_s: float = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Checkpoint -> bundle: parity bound, variant acceptance, measurement."""
+
+    window: WindowConfig = dataclasses.field(default_factory=WindowConfig)
+    parity_tolerance: float = 1e-4  # max |p_onnx - p_torch| on padded batches of mixed lengths
+    max_f1_loss: float = 0.01  # a variant losing more macro F1 than this against fp32 is rejected
+    default_f1_margin: float = 0.005  # the default variant: the fastest within this of fp32
+    calibration_clips: int = 64  # validation clips for static int8 calibration
+    latency_repeats: int = 30  # timed runs of one 4 s clip per variant (p50 reported)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """A config dataclass as nested plain dicts and lists (JSON/YAML safe)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))

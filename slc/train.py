@@ -67,6 +67,7 @@ def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, r
         "labels": list(labels.codes),
         "class_weights": class_weights(counts, labels) if config.balance == "weights" else None,
         "train_rows": sum(counts.values()),
+        "shards": storage.redact(shards),
     }
     resources = ray.cluster_resources()
     use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
@@ -166,7 +167,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         history.append(row)
         if rank == 0:
             print(_epoch_line(row, config.epochs), flush=True)
-        _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank)
+        _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, loop_config["shards"])
         if _patience_exhausted(history, config.patience):
             break
 
@@ -226,14 +227,14 @@ def _all_reduce(tensor: torch.Tensor, world: int) -> torch.Tensor:
     return reduced.cpu()
 
 
-def _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank) -> None:
+def _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, shards) -> None:
     """Every rank reports (report is a barrier); rank 0 attaches the checkpoint."""
     metrics = {**row, "val": val}
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
             unwrapped = model.module if hasattr(model, "module") else model
-            ckpt.save(Path(directory), unwrapped, labels, config, features, metrics)
+            ckpt.save(Path(directory), unwrapped, labels, config, features, metrics, shards)
             ckpt.save_training_state(Path(directory), optimizer, scheduler, epoch, history)
             checkpoint = ray.train.Checkpoint.from_directory(directory)
         ray.train.report(row, checkpoint=checkpoint)

@@ -40,11 +40,12 @@ def run(small_shards, tmp_path_factory):
     return out, best
 
 
-def test_best_checkpoint_is_copied_with_its_history(run):
+def test_best_checkpoint_is_copied_with_its_history(run, small_shards):
     out, best = run
     assert best["best"] == str(out / "best") and best["epochs_run"] == 3
     model, labels, config, _ = ckpt.load(out / "best")
     assert labels.codes == ("de", "en") and config.epochs == 3
+    assert ckpt.trained_on(out / "best") == str(small_shards)
     history = json.loads((out / "best" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert best["val_f1"] == max(row["val_f1"] for row in history)
