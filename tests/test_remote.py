@@ -1,5 +1,5 @@
-"""slc ingest where users run it: shards written to S3 (moto's server stands in
-for it) and the featurize job submitted with `ray job submit` to a Ray head
+"""slc where users run it: shards and training runs on S3 (moto's server stands
+in for it), and the featurize job submitted with `ray job submit` to a Ray head
 started with `ray start`, as jobs/featurize.py tells them to."""
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from slc.corpus import SPLITS
+from slc.config import ModelConfig, TrainConfig
 from slc.ingest import ingest
 from slc.shards import NUM_MEL_BINS, read_rejects, read_split
 from slc.storage import StorageError
 from slc.synth import make_corpus
+from slc.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 PER_LANG = 4
@@ -120,6 +122,20 @@ def test_ingest_writes_readable_shards_to_s3(ray_session, corpus, s3):
         ingest(corpus, uri)
     assert SECRET_KEY not in str(refused.value)
     assert _keys(client, "shards/") == keys  # the refusal left the shards alone
+
+
+def test_training_run_and_best_checkpoint_on_s3(small_shards, s3):
+    client, endpoint = s3
+    uri = f"s3://{ACCESS_KEY}:{SECRET_KEY}@{BUCKET}/runs/r1?endpoint_override={endpoint}&scheme=http"
+    config = TrainConfig(model=ModelConfig.preset("tiny"), epochs=2, batch_size=8, workers=1, keep_checkpoints=1)
+    best = train(str(small_shards), uri, config)
+    keys = _keys(client, "runs/r1/")
+    assert any(k.startswith("runs/r1/run/checkpoint_") and k.endswith("/model.safetensors") for k in keys), keys
+    for name in ("model.safetensors", "config.json", "labels.json", "metrics.json", "history.json"):
+        assert f"runs/r1/best/{name}" in keys
+    history = json.loads(client.get_object(Bucket=BUCKET, Key="runs/r1/best/history.json")["Body"].read())
+    assert [row["epoch"] for row in history] == [1, 2] and best["epochs_run"] == 2
+    assert SECRET_KEY not in json.dumps(best)
 
 
 # --- ray job submit ---------------------------------------------------------
