@@ -41,10 +41,15 @@ demo: setup
 	$(SLC) ingest $(DEMO)/corpus $(DEMO)/shards --augment 2 --overwrite
 	$(SLC) train $(DEMO)/shards $(DEMO)/run --preset tiny --workers 2 --epochs $(DEMO_EPOCHS) --overwrite
 	$(SLC) evaluate $(DEMO)/run/best $(DEMO)/shards $(DEMO)/report
+	$(SLC) export $(DEMO)/run/best $(DEMO)/bundle --overwrite
+	@# One test-split clip per language: voices and sentences never heard in training.
+	$(SLC) predict --bundle $(DEMO)/bundle \
+	  $$(awk -F, '$$4 == "test" && !seen[$$2]++ {print "$(DEMO)/corpus/" $$1}' $(DEMO)/corpus/manifest.csv)
 
 bench: setup
 	$(PY) bench/featurize.py
 	$(PY) bench/train.py
+	$(PY) bench/inference.py --checkpoint $(DEMO)/run/best --bundle $(DEMO)/bundle
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -222,5 +222,78 @@ def evaluate(
                f"IoU {macro['iou']:.4f}  -> {out / 'report.md'}")
 
 
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory (or URI), e.g. RUN/best.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory: features.onnx, model*.onnx, bundle.json, report.md.")],
+    shards: Annotated[Optional[str], typer.Option(help="Shards for calibration (val) and scoring (test); default: those the checkpoint was trained on.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace BUNDLE if it has contents.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX with optimised and quantized variants, each scored and timed."""
+    from slc.export import ExportError, export_bundle, variants_table
+
+    try:
+        manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite)
+    except _USER_ERRORS + (ExportError,) as error:
+        raise _fail(error) from None
+    typer.echo(variants_table(manifest))
+    typer.echo(f"default variant: {manifest['default_variant']}  -> {bundle}")
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Audio files.")],
+    bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option(help="Probabilities shown per file.")] = 3,
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    segments: Annotated[bool, typer.Option(help="Timeline of languages from sliding windows.")] = False,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Classify audio files with an exported bundle (onnxruntime; no torch).
+    Exit status 1 when some file could not be classified."""
+    from slc.audio import AudioError
+    from slc.runtime import Classifier
+
+    allowed = [c for c in allow.split(",") if c.strip()] if allow else None
+    try:
+        classifier = Classifier(bundle, variant=variant, threads=threads)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    failed = 0
+    for path in files:
+        try:
+            clip = classifier.load_audio(path)
+            prediction = classifier.classify(clip, allow=allowed, min_confidence=min_confidence, segments=segments)
+        except AudioError as error:
+            failed += 1
+            if as_json:
+                typer.echo(json.dumps({"path": str(path), "error": error.reason, "detail": str(error)}))
+            else:
+                typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            continue
+        except ValueError as error:
+            raise _fail(error) from None
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), **prediction.to_dict(top_k)}))
+        else:
+            typer.echo(format_prediction(str(path), prediction, top_k))
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def format_prediction(path: str, prediction, top_k: int) -> str:
+    """`path  language  p1 code1  p2 code2 ...`, then the timeline, one segment per line."""
+    ranked = "  ".join(f"{code} {p:.3f}" for code, p in prediction.top(top_k))
+    lines = [f"{path}  {prediction.language}  ({ranked})  {prediction.duration_s:.1f} s"]
+    for segment in prediction.segments or []:
+        lines.append(
+            f"  {segment.start_s:7.1f} - {segment.end_s:7.1f} s  {segment.language:8s} {segment.confidence:.3f}"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     app()

@@ -205,6 +205,10 @@ class WindowConfig:
 
     window_s: float = 4.0
     hop_s: float = 2.0
+    # Longer clips are classified by windows: the model trained on clips of at
+    # most this length (TrainConfig.eval_max_frames), and attention cost grows
+    # with the square of the length.
+    whole_clip_max_s: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,3 +259,37 @@ def load(cls: type[T], path: str | Path) -> T:
     text = Path(path).read_text()
     data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
     return from_dict(cls, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP endpoint: where it listens, what it accepts, how it batches.
+
+    `max_batch_size` and `batch_wait_timeout_s` can change on a running
+    deployment (Serve's `user_config`); the rest take a redeploy."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    variant: str | None = None  # the bundle's default when None
+    threads: int = 1  # onnxruntime intra-op threads per replica
+    num_replicas: int = 1
+    num_cpus: float = 1.0  # per replica
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.01
+    # Serve queues at most this many requests per replica; at least
+    # max_batch_size, or batches never fill.
+    max_ongoing_requests: int = 32
+    max_upload_mb: float = 50.0
+    max_duration_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
+            raise ValueError(
+                f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, "
+                f"got {self.max_batch_size} and {self.batch_wait_timeout_s}"
+            )
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}), or batches never fill"
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import secrets
 import shutil
@@ -59,6 +60,82 @@ def small_shards(tmp_path_factory, ray_session):
     make_corpus(root / "corpus", ("de", "en"), per_lang=16, seed=3)
     ingest(root / "corpus", str(root / "shards"))
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_shards, tmp_path_factory):
+    """A 2-layer tiny classifier trained in-process for a few seconds on
+    `small_shards`, saved as a checkpoint that records those shards."""
+    import torch
+
+    from slc import checkpoint as ckpt
+    from slc.config import FeatureConfig, ModelConfig, TrainConfig
+    from slc.data import COLUMNS, collate
+    from slc.labels import LabelSet
+    from slc.model import LanguageClassifier
+    from slc.shards import read_split
+
+    torch.manual_seed(0)
+    config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=8)
+    labels = LabelSet(("de", "en"))
+    model = LanguageClassifier.build(config.model, len(labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    table = read_split(str(small_shards), "train", columns=COLUMNS)
+    rng = np.random.default_rng(0)
+    for _ in range(config.epochs):
+        for start in range(0, table.num_rows, config.batch_size):
+            features, lengths, targets = collate(table.slice(start, config.batch_size), labels, 300, True, rng, config)
+            loss = torch.nn.functional.cross_entropy(model(features, lengths), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    directory = tmp_path_factory.mktemp("checkpoint") / "best"
+    ckpt.save(directory, model, labels, config, FeatureConfig(), {"epoch": config.epochs}, shards=str(small_shards))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def small_bundle(small_checkpoint, tmp_path_factory):
+    """The bundle `slc export` writes for `small_checkpoint`."""
+    from slc.config import ExportConfig
+    from slc.export import export_bundle
+
+    directory = tmp_path_factory.mktemp("bundle") / "bundle"
+    export_bundle(small_checkpoint, directory, config=ExportConfig(latency_repeats=5, calibration_clips=8))
+    return directory
+
+
+# Dummy keys: moto accepts any. They travel in URIs because Ray workers
+# started before a test never see its environment.
+S3_ACCESS_KEY, S3_SECRET_KEY, S3_BUCKET = "slc-test-key", "slc-test-secret", "slc-shards"
+
+
+@pytest.fixture
+def s3():
+    """moto's S3 server on loopback with one empty bucket; a boto3 client for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    werkzeug = logging.getLogger("werkzeug")  # one log line per request otherwise
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://{host}:{port}",
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield client, f"{host}:{port}"  # URIs: s3://KEY:SECRET@BUCKET/prefix?endpoint_override=HOST:PORT&scheme=http
+    finally:
+        server.stop()
+        werkzeug.setLevel(level)
 
 
 # --- a Ray head of its own, as `ray start --head` makes one ----------------

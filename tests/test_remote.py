@@ -5,14 +5,11 @@ started with `ray start`, as jobs/featurize.py tells them to."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 from pathlib import Path
 
-import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from slc.corpus import SPLITS
 from slc.config import ModelConfig, TrainConfig
@@ -25,9 +22,7 @@ from slc.train import train
 REPO = Path(__file__).resolve().parents[1]
 PER_LANG = 4
 BROKEN = "de/broken__0.wav"
-# Dummy keys: moto accepts any. They travel in the URI because the Ray workers
-# that write the shards were started before this test and never see its env.
-ACCESS_KEY, SECRET_KEY, BUCKET = "slc-test-key", "slc-test-secret", "slc-shards"
+from conftest import S3_ACCESS_KEY as ACCESS_KEY, S3_BUCKET as BUCKET, S3_SECRET_KEY as SECRET_KEY
 
 
 @pytest.fixture(scope="module")
@@ -69,30 +64,6 @@ def _assert_shards(root: str, summary: dict, corpus_root: Path) -> None:
 
 
 # --- S3 ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def s3():
-    """moto's S3 server on loopback with one empty bucket; a boto3 client for it."""
-    werkzeug = logging.getLogger("werkzeug")  # one log line per request otherwise
-    level = werkzeug.level
-    werkzeug.setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        client = boto3.client(
-            "s3",
-            endpoint_url=f"http://{host}:{port}",
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-        )
-        client.create_bucket(Bucket=BUCKET)
-        yield client, f"{host}:{port}"
-    finally:
-        server.stop()
-        werkzeug.setLevel(level)
 
 
 def _keys(client, prefix: str) -> dict[str, str]:

@@ -1,0 +1,78 @@
+"""Inference benchmark: the same model on the same inputs, one thread each.
+
+- onnxruntime fp32 (the bundle's model.onnx) vs PyTorch eager (the checkpoint
+  it was exported from), at batch 1 and 16 of 4 s clips (target >= 2.5x);
+- each quantized / optimised variant of the bundle vs fp32;
+- file sizes.
+
+Run after `make demo` (or pass your own): `python bench/inference.py
+[--checkpoint demo-output/run/best] [--bundle demo-output/bundle]`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# One thread for every pool, set before numpy, torch or onnxruntime load.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slc import checkpoint as ckpt
+from slc.bundle import session
+from slc.quantize import p50_ms
+
+FRAMES_4S = 398  # Kaldi frames of a 4 s clip at 16 kHz
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=Path("demo-output/run/best"))
+    parser.add_argument("--bundle", type=Path, default=Path("demo-output/bundle"))
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    for path in (args.checkpoint, args.bundle):
+        if not path.is_dir():
+            raise SystemExit(f"{path} does not exist: run `make demo` first, or pass --checkpoint and --bundle")
+    torch.set_num_threads(1)
+    model, labels, _, _ = ckpt.load(args.checkpoint)
+    model.eval()
+    info = json.loads((args.bundle / "bundle.json").read_text())
+    variants = {name: v for name, v in info["variants"].items() if "file" in v and "error" not in v}
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for batch in (1, 16):
+        features = rng.standard_normal((batch, FRAMES_4S, 80)).astype(np.float32)
+        lengths = np.full(batch, FRAMES_4S, dtype=np.int64)
+        inputs = {"features": features, "frame_lengths": lengths}
+        features_t, lengths_t = torch.from_numpy(features), torch.from_numpy(lengths)
+        with torch.inference_mode():
+            torch_ms = p50_ms(lambda: torch.softmax(model(features_t, lengths_t), -1), args.repeats)
+        timings = {name: p50_ms(lambda s=session(args.bundle / v["file"], threads=1): s.run(None, inputs), args.repeats)
+                   for name, v in variants.items()}
+        rows.append((batch, torch_ms, timings))
+
+    print(f"\n4 s clips ({FRAMES_4S} frames), one thread, p50 of {args.repeats} runs; {len(labels)} labels\n")
+    names = list(variants)
+    print(f"{'batch':>5}  {'torch ms':>9}  " + "  ".join(f"{n:>14}" for n in names))
+    for batch, torch_ms, timings in rows:
+        print(f"{batch:>5}  {torch_ms:>9.2f}  " + "  ".join(f"{timings[n]:>11.2f} ms" for n in names))
+    print(f"\n{'variant':<14}  {'size MB':>8}  {'vs torch b1':>11}  {'vs torch b16':>12}  {'vs fp32 b1':>10}  {'vs fp32 b16':>11}")
+    for name in names:
+        size = (args.bundle / variants[name]["file"]).stat().st_size / 1e6
+        vs_torch = [torch_ms / timings[name] for _, torch_ms, timings in rows]
+        vs_fp32 = [timings["fp32"] / timings[name] for _, _, timings in rows]
+        print(f"{name:<14}  {size:>8.2f}  {vs_torch[0]:>10.2f}x  {vs_torch[1]:>11.2f}x  {vs_fp32[0]:>9.2f}x  {vs_fp32[1]:>10.2f}x")
+    fp32 = [torch_ms / timings["fp32"] for _, torch_ms, timings in rows]
+    print(f"\nORT fp32 vs PyTorch eager: {fp32[0]:.2f}x at batch 1, {fp32[1]:.2f}x at batch 16 (target >= 2.5x)")
+
+
+if __name__ == "__main__":
+    main()

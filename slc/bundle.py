@@ -1,0 +1,93 @@
+"""The bundle: what `slc export` writes and the runtime loads. No torch here.
+
+    features.onnx          waveforms float32[B, N], lengths int64[B] -> features, frame_lengths
+    model.onnx             features float32[B, T, 80], frame_lengths int64[B] -> probabilities [B, labels]
+    model.<variant>.onnx   the same graph optimised or quantized (fp32-all, int8-dynamic, fp16, ...)
+    labels.json            the label set, in output order
+    bundle.json            settings, variants with their scores, the default variant, sha256 of every file
+    report.md              the variants table
+
+A bundle whose files do not match the hashes in `bundle.json` is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+FORMAT = 1
+MANIFEST = "bundle.json"
+FEATURES_FILE = "features.onnx"
+LABELS_FILE = "labels.json"
+FP32 = "fp32"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, from an unknown format, or altered since export."""
+
+
+def model_file(variant: str) -> str:
+    return "model.onnx" if variant == FP32 else f"model.{variant}.onnx"
+
+
+def slc_version() -> str:
+    try:
+        return metadata.version("slc")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write `bundle.json` with the sha256 of every other file in `directory`."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {**manifest, "format": FORMAT, "files": {p.name: sha256(p) for p in files}}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
+    """`bundle.json`, after checking that every file it lists is present and
+    unchanged; raises BundleError naming the first file that is not."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory}: not a bundle (no {MANIFEST}); write one with `slc export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from None
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: bundle format {manifest.get('format')!r}; this slc reads format {FORMAT}")
+    if verify:
+        for name, expected in manifest["files"].items():
+            file = directory / name
+            if not file.is_file():
+                raise BundleError(f"{file}: listed in {MANIFEST} but missing")
+            if sha256(file) != expected:
+                raise BundleError(f"{file}: sha256 does not match {MANIFEST}; the bundle was altered after export")
+    return manifest
+
+
+def session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """An onnxruntime CPU session with explicit thread counts: ORT ignores
+    OMP_NUM_THREADS, and replicas sharing a node must not each take every core."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: the fp16 and int8 graphs' cast warnings are expected
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
