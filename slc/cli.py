@@ -31,6 +31,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("slc: %(message)s"))
         logger.addHandler(handler)
+        logger.propagate = False  # libraries that configure the root logger would print each line twice
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 

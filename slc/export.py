@@ -14,6 +14,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ def optimise(fp32: Path, directory: Path) -> dict[str, Path]:
         out = directory / bundles.model_file(name)
         options = ort.SessionOptions()
         options.graph_optimization_level = level
+        options.log_severity_level = 3  # "all" warns that its graph fits this CPU only: recorded in the README
         options.optimized_model_filepath = str(out)
         ort.InferenceSession(str(fp32), options, providers=["CPUExecutionProvider"])
         made[name] = out
@@ -154,7 +156,8 @@ def export_bundle(
         bundle.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{bundle.name}.", dir=bundle.parent))
         try:
-            manifest = _build(model, labels, train_config, feature_config, shards, staging, config, str(checkpoint))
+            with _quiet_tools():
+                manifest = _build(model, labels, train_config, feature_config, shards, staging, config, str(checkpoint))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -163,6 +166,24 @@ def export_bundle(
     staging.rename(bundle)
     log.info("bundle written: %s (default variant %s)", bundle, manifest["default_variant"])
     return manifest
+
+
+@contextlib.contextmanager
+def _quiet_tools():
+    """Silence what the exporter and quantizer say about things that do not
+    matter here (torchvision ops, deprecations, per-channel axes of 1-D
+    weights); errors still show, and slc's own progress lines are unaffected."""
+    loggers = [logging.getLogger(name) for name in ("", "torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def _local_checkpoint(checkpoint: str | Path, scratch: Path) -> Path:
