@@ -11,7 +11,7 @@ DEMO ?= demo-output
 DEMO_PER_LANG ?= 100
 DEMO_EPOCHS ?= 10
 
-.PHONY: setup espeak test demo bench clean
+.PHONY: setup espeak chromium test demo bench clean
 
 setup: $(STAMP) espeak
 
@@ -33,7 +33,18 @@ espeak:
 	  fi; \
 	fi
 
-test: setup
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing chromium (the web page's browser test)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: install it with 'sudo apt-get install -y chromium' and run make again" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+test: setup chromium
 	$(PY) -m pytest
 
 demo: setup
@@ -45,11 +56,21 @@ demo: setup
 	@# One test-split clip per language: voices and sentences never heard in training.
 	$(SLC) predict --bundle $(DEMO)/bundle \
 	  $$(awk -F, '$$4 == "test" && !seen[$$2]++ {print "$(DEMO)/corpus/" $$1}' $(DEMO)/corpus/manifest.csv)
+	@# Label the test audio as a batch job; count its languages against the truth (the language folder).
+	awk -F, '$$4 == "test" {print "corpus/" $$1}' $(DEMO)/corpus/manifest.csv > $(DEMO)/test-files.txt
+	$(SLC) label $(DEMO)/test-files.txt --bundle $(DEMO)/bundle --out $(DEMO)/labels --overwrite
+	$(PY) -c 'import sys, collections; from slc.label import read_labels; \
+	  counts = collections.Counter((r["path"].split("/")[-2], r["language"] or r["error"]) for r in read_labels(sys.argv[1]).to_pylist()); \
+	  print("truth  labelled  files"); [print(f"{t:<6} {l:<9} {n}") for (t, l), n in sorted(counts.items())]' $(DEMO)/labels
+	@# Start the endpoint, classify one test clip over HTTP, stop.
+	$(SLC) serve $(DEMO)/bundle --once "$$(awk -F, '$$4 == "test" {print "$(DEMO)/corpus/" $$1; exit}' $(DEMO)/corpus/manifest.csv)"
 
 bench: setup
 	$(PY) bench/featurize.py
 	$(PY) bench/train.py
 	$(PY) bench/inference.py --checkpoint $(DEMO)/run/best --bundle $(DEMO)/bundle
+	$(PY) bench/serve.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
+	$(PY) bench/label.py --bundle $(DEMO)/bundle --corpus $(DEMO)/corpus
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -296,5 +296,79 @@ def format_prediction(path: str, prediction, top_k: int) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `slc export`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = cfg.ServeConfig.host,
+    port: Annotated[int, typer.Option(help="HTTP port.")] = cfg.ServeConfig.port,
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    replicas: Annotated[int, typer.Option(help="Replicas, each holding the model.")] = cfg.ServeConfig.num_replicas,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (and CPUs) per replica.")] = cfg.ServeConfig.threads,
+    max_batch_size: Annotated[int, typer.Option(help="Requests classified together.")] = cfg.ServeConfig.max_batch_size,
+    once: Annotated[Optional[Path], typer.Option(help="Start, classify this audio file over HTTP, print the answer, stop.")] = None,
+) -> None:
+    """Serve a bundle over HTTP with Ray Serve: POST /v1/classify, a web page at /. Ctrl-C stops."""
+    from slc.serve import classify_once, run
+
+    try:
+        config = cfg.ServeConfig(
+            host=host,
+            port=port,
+            variant=variant,
+            num_replicas=replicas,
+            threads=threads,
+            num_cpus=float(threads),
+            max_batch_size=max_batch_size,
+            max_ongoing_requests=max(cfg.ServeConfig.max_ongoing_requests, 2 * max_batch_size),
+        )
+        if once is None:
+            run(bundle, config)
+            return
+        status, answer = classify_once(bundle, once, config)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(f"{once}: HTTP {status} {json.dumps(answer)}")
+    if status != 200:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def label(
+    inputs: Annotated[list[str], typer.Argument(help="Directories, globs, .tar/.tar.gz/.zip archives, manifests (CSV with a path column, or a .txt of paths) or URIs such as s3://bucket/audio.")],
+    bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
+    out: Annotated[str, typer.Option(help="Output directory: a path or a URI such as s3://bucket/labels.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option(help="Probabilities kept per file, highest first.")] = 3,
+    segments: Annotated[bool, typer.Option(help="A timeline of languages per file, from sliding windows.")] = False,
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    max_duration: Annotated[Optional[float], typer.Option(help="Longest recording accepted (s); default: the bundle's.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Classifier actors.")] = 1,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads per actor.")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per classifier actor.")] = 1.0,
+    cpus_per_task: Annotated[float, typer.Option(help="Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.")] = 0.5,
+    files_per_task: Annotated[int, typer.Option(help="Files per read task.")] = 16,
+    rows_per_file: Annotated[int, typer.Option(help="Rows per output file: what an interrupted run keeps.")] = 256,
+    resume: Annotated[bool, typer.Option(help="Skip the files OUT already has (same bundle and settings).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+) -> None:
+    """Label audio archives on Ray Data: one row per file, its language or why it has none."""
+    from slc.label import format_summary, label as run_label
+
+    try:
+        settings = cfg.LabelConfig(
+            variant=variant, format=fmt, top_k=top_k, segments=segments,
+            allow=tuple(c.strip() for c in (allow or "").split(",") if c.strip()),
+            min_confidence=min_confidence, max_duration_s=max_duration, concurrency=concurrency, threads=threads,
+            cpus_per_actor=cpus_per_actor, cpus_per_task=cpus_per_task, files_per_task=files_per_task,
+            rows_per_file=rows_per_file,
+        )  # fmt: skip
+        summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(format_summary(summary))
+
+
 if __name__ == "__main__":
     app()

@@ -293,3 +293,38 @@ class ServeConfig:
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                 f"({self.max_batch_size}), or batches never fill"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConfig:
+    """Audio archives -> one row per file: its language, or why it has none."""
+
+    FORMATS: typing.ClassVar[tuple[str, ...]] = ("parquet", "csv", "jsonl")
+
+    variant: str | None = None  # the bundle's default when None
+    format: str = "parquet"
+    top_k: int = 3  # probabilities kept per file, highest first
+    segments: bool = False  # a timeline of languages per file, from sliding windows
+    allow: tuple[str, ...] = ()  # answer only among these languages; empty: all
+    min_confidence: float | None = None  # below it the answer is "unknown"
+    max_duration_s: float | None = None  # longest recording accepted; None: the bundle's audio setting
+    concurrency: int = 1  # classifier actors
+    threads: int = 1  # onnxruntime threads per actor
+    # Logical CPUs per actor and per read task. Reading (decode + featurise) is
+    # the costlier part of a short clip, so by default two read tasks share a
+    # core beside each actor. Equal values would let Ray Data fuse reading into
+    # the actors, leaving it to them alone: they must differ.
+    cpus_per_actor: float = 1.0
+    cpus_per_task: float = 0.5
+    files_per_task: int = 16
+    rows_per_file: int = 256  # output rows per part file: what an interrupted run keeps
+
+    def __post_init__(self) -> None:
+        if self.format not in self.FORMATS:
+            raise ValueError(f"format must be one of {list(self.FORMATS)}, got {self.format!r}")
+        if min(self.top_k, self.concurrency, self.threads, self.files_per_task, self.rows_per_file) < 1:
+            raise ValueError("top_k, concurrency, threads, files_per_task and rows_per_file must be >= 1")
+        if min(self.cpus_per_actor, self.cpus_per_task) <= 0 or self.cpus_per_actor == self.cpus_per_task:
+            raise ValueError(
+                f"cpus_per_actor and cpus_per_task must be > 0 and differ, got {self.cpus_per_actor} and {self.cpus_per_task}"
+            )

@@ -8,7 +8,6 @@ always equals discovered.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -28,6 +27,7 @@ from slc.config import FeatureConfig, IngestConfig
 from slc.corpus import SPLITS, Corpus, discover
 from slc.features import Fbank, extract
 from slc.labels import LabelSet
+from slc.raydata import without_resource_reservation
 from slc.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, features_column
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), 
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
 
     sink = ShardSink(fs, root, config.rows_per_file)
-    with _parallel_map():
+    with without_resource_reservation():
         _featurize(found, config).write_datasink(sink)
     outcome = sink.outcomes
     rejects = outcome.filter(pc.is_valid(outcome["reason"])).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
@@ -104,20 +104,6 @@ def featurize_batch(batch: pa.Table, config: IngestConfig) -> pa.Table:
     columns = {name: [row.get(name) for row in rows] for name in CLIP_OUTCOME_SCHEMA.names}
     columns["features"] = features_column(columns["features"])
     return pa.table(columns, schema=CLIP_OUTCOME_SCHEMA)
-
-
-@contextlib.contextmanager
-def _parallel_map():
-    """Ray Data reserves a share of the CPUs for each operator; on a small
-    machine that leaves featurizing, the one operator that matters here, a single
-    task at a time. Lifted for the duration of ingest."""
-    context = ray.data.DataContext.get_current()
-    reserving = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        context.op_resource_reservation_enabled = reserving
 
 
 @functools.lru_cache(maxsize=4)

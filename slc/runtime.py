@@ -129,6 +129,51 @@ class Classifier:
         `window.whole_clip_max_s`), batched by similar length."""
         if not clips:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
+        self._check_whole(clips)
+        out = np.empty((len(clips), len(self.labels)), dtype=np.float32)
+        for chosen in self._batches([len(c) for c in clips]):
+            out[chosen] = self._score(*self._featurize_padded([clips[i] for i in chosen]))
+        return out
+
+    def featurize(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Whole clips (as for `probabilities`) -> their features,
+        `float32[frames, num_mel_bins]` each: the first half of
+        `probabilities`, for pipelines that featurise and classify in
+        different processes."""
+        if not clips:
+            return []
+        self._check_whole(clips)
+        out: list[np.ndarray] = [np.empty(0)] * len(clips)
+        for chosen in self._batches([len(c) for c in clips]):
+            features, frame_lengths = self._featurize_padded([clips[i] for i in chosen])
+            for i, padded, n_frames in zip(chosen, features, frame_lengths):
+                out[i] = padded[:n_frames].copy()
+        return out
+
+    def classify_features(
+        self,
+        features: Sequence[np.ndarray],
+        durations_s: Sequence[float],
+        allow: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+    ) -> list[Prediction]:
+        """Features from `featurize` (and each clip's duration) -> one
+        Prediction each, in order: the second half of `classify_batch` for
+        whole clips."""
+        keep = self._keep(allow, min_confidence)
+        scores = np.empty((len(features), len(self.labels)), dtype=np.float32)
+        for chosen in self._batches([len(f) for f in features]):
+            frame_lengths = np.array([len(features[i]) for i in chosen], dtype=np.int64)
+            padded = np.zeros((len(chosen), int(frame_lengths.max()), features[0].shape[1]), dtype=np.float32)
+            for row, i in zip(padded, chosen):
+                row[: len(features[i])] = features[i]
+            scores[chosen] = self._score(padded, frame_lengths)
+        return [
+            self._answer(_restrict(s, keep), keep, min_confidence, duration)
+            for s, duration in zip(scores, durations_s)
+        ]
+
+    def _check_whole(self, clips: Sequence[np.ndarray]) -> None:
         lengths = np.array([len(c) for c in clips])
         short = int(self.feature_config.frame_length)
         if lengths.min() < short:
@@ -136,19 +181,21 @@ class Classifier:
         longest = self.window.whole_clip_max_s * self.feature_config.sample_rate
         if lengths.max() > longest:
             raise ValueError(f"a whole clip may be at most {self.window.whole_clip_max_s:.0f} s; use windows")
-        out = np.empty((len(clips), len(self.labels)), dtype=np.float32)
-        order = np.argsort(lengths, kind="stable")
-        for start in range(0, len(order), self.batch_size):
-            chosen = order[start : start + self.batch_size]
-            out[chosen] = self._run([clips[i] for i in chosen])
-        return out
 
-    def _run(self, clips: list[np.ndarray]) -> np.ndarray:
+    def _batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
+        """Indices in batches of `batch_size`, by similar length (less padding)."""
+        order = np.argsort(np.asarray(lengths), kind="stable")
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+    def _featurize_padded(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.array([len(c) for c in clips], dtype=np.int64)
         waveforms = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
         for row, clip in zip(waveforms, clips):
             row[: len(clip)] = clip
         features, frame_lengths = self._features.run(None, {"waveforms": waveforms, "lengths": lengths})
+        return features, frame_lengths
+
+    def _score(self, features: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
         (probabilities,) = self._model.run(None, {"features": features, "frame_lengths": frame_lengths})
         return probabilities
 
@@ -200,9 +247,7 @@ class Classifier:
     ) -> list[Prediction]:
         """Clips of any lengths -> one Prediction each, in order. Whole clips
         share batches; long ones go through windows."""
-        keep = self._allowed(allow)
-        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
+        keep = self._keep(allow, min_confidence)
         rate = self.feature_config.sample_rate
         windowed = [segments or len(c) > self.window.whole_clip_max_s * rate for c in clips]
         whole = [i for i, w in enumerate(windowed) if not w]
@@ -257,6 +302,12 @@ class Classifier:
             )
             run_start = i
         return timeline
+
+    def _keep(self, allow: Sequence[str] | None, min_confidence: float | None) -> np.ndarray:
+        """The allowed labels as a mask, after checking both answer options."""
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
+        return self._allowed(allow)
 
     def _allowed(self, allow: Sequence[str] | None) -> np.ndarray:
         keep = np.ones(len(self.labels), dtype=bool)
