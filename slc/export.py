@@ -214,6 +214,7 @@ def _build(
     (out / bundles.LABELS_FILE).write_text(labels.to_json())
 
     test = _labelled_batches(shards, "test", labels, train_config.eval_max_frames)
+    test_clips = sum(len(targets) for _, _, targets in test)
     calibration = [(f, n) for f, n, _ in _labelled_batches(shards, "val", labels, 1000, batch_size=1)]
     calibration = calibration[: config.calibration_clips]
     if not test or not calibration:
@@ -231,9 +232,10 @@ def _build(
         if isinstance(made, Exception):
             variants[name] = {"error": f"{type(made).__name__}: {made}"}
             continue
-        log.info("scoring %s on %d test clips", name, sum(len(t) for _, _, t in test))
-        metrics = quantize.score(made, test, labels)
-        p50 = quantize.latency_ms(made, clip_4s, config.latency_repeats)
+        log.info("scoring %s on %d test clips", name, test_clips)
+        session = bundles.session(made, threads=1)  # one thread: the latency column's terms
+        metrics = quantize.score(session, test, labels)
+        p50 = quantize.latency_ms(session, clip_4s, config.latency_repeats)
         variants[name] = {
             "file": made.name,
             "macro_f1": metrics["macro"]["f1"],
@@ -252,7 +254,7 @@ def _build(
         "window": cfg.to_dict(config.window),
         "model": {"parameters": count_parameters(model), **cfg.to_dict(train_config.model)},
         "exported_from": storage.redact(source),
-        "scored_on": {"shards": storage.redact(shards), "split": "test", "clips": sum(len(t) for _, _, t in test)},
+        "scored_on": {"shards": storage.redact(shards), "split": "test", "clips": test_clips},
         "calibrated_on": {"split": "val", "clips": len(calibration)},
         "parity": parity,
         "torch_p50_ms": round(torch_ms, 3),

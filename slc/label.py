@@ -49,6 +49,7 @@ from ray.data.datasource.datasink import Datasink
 from slc import __version__, audio, config as cfg, storage
 from slc.config import LabelConfig
 from slc.raydata import without_resource_reservation
+from slc.shards import flat_list_column
 from slc.runtime import Classifier, Prediction
 
 log = logging.getLogger(__name__)
@@ -287,8 +288,8 @@ def read_batch(
     for i, features in zip(whole, classifier.featurize([rows[i].pop("clip") for i in whole])):
         rows[i]["features"] = features
     columns = {name: [row.get(name) for row in rows] for name in ("path", "error", "detail", "duration_s")}
-    columns["features"] = _arrays_column([row.get("features") for row in rows])
-    columns["waveform"] = _arrays_column([row.get("clip") for row in rows])
+    columns["features"] = flat_list_column([row.get("features") for row in rows], np.float32)
+    columns["waveform"] = flat_list_column([row.get("clip") for row in rows], np.float32)
     return pa.table(columns, schema=_READ_SCHEMA)
 
 
@@ -406,16 +407,6 @@ def _output_row(row: dict[str, Any], prediction: Prediction | None, config: Labe
         segments = prediction.segments if prediction is not None and row["error"] is None else None
         out["segments"] = None if segments is None else [dataclasses.asdict(s) for s in segments]
     return out
-
-
-def _arrays_column(arrays: list[np.ndarray | None]) -> pa.Array:
-    """float32 arrays (any shape, flattened) -> a large_list column; None becomes null."""
-    flat = [np.zeros(0, np.float32) if a is None else np.asarray(a, np.float32).reshape(-1) for a in arrays]
-    offsets = np.zeros(len(flat) + 1, dtype=np.int64)
-    np.cumsum([len(f) for f in flat], out=offsets[1:])
-    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float32), type=pa.float32())
-    nulls = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.LargeListArray.from_arrays(pa.array(offsets), values, mask=nulls)
 
 
 def _arrays(column: pa.ChunkedArray, width: int) -> list[np.ndarray | None]:

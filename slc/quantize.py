@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -101,9 +102,10 @@ def _fp16(fp32: Path, out: Path) -> None:
     onnx.save(converted.model, str(out))
 
 
-def score(path: Path, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet) -> dict[str, Any]:
-    """Metrics of the ONNX model at `path` on (features, frame_lengths, label ids) batches."""
-    model = bundles.session(path, threads=1)
+def score(
+    model: ort.InferenceSession, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet
+) -> dict[str, Any]:
+    """Metrics of `model` on (features, frame_lengths, label ids) batches."""
     truth: list[int] = []
     predicted: list[int] = []
     for features, lengths, targets in batches:
@@ -125,9 +127,8 @@ def p50_ms(run: Callable[[], object], repeats: int) -> float:
     return 1000.0 * statistics.median(times)
 
 
-def latency_ms(path: Path, clip: Batch, repeats: int) -> float:
-    """p50 of one forward pass over `clip` on one thread."""
-    model = bundles.session(path, threads=1)
+def latency_ms(model: ort.InferenceSession, clip: Batch, repeats: int) -> float:
+    """p50 of one forward pass of `model` over `clip`."""
     inputs = {"features": clip[0], "frame_lengths": clip[1]}
     return p50_ms(lambda: model.run(None, inputs), repeats)
 

@@ -97,12 +97,17 @@ class ShardSink(Datasink[pa.Table]):
 def features_column(features: list[np.ndarray | None]) -> pa.Array:
     """`float32[T, 80]` arrays -> the flattened float16 `features` column;
     None (a clip without features) becomes null."""
-    flat = [np.zeros(0, np.float16) if f is None else np.asarray(f, np.float16).reshape(-1) for f in features]
+    return flat_list_column(features, np.float16)
+
+
+def flat_list_column(arrays: list[np.ndarray | None], dtype: type[np.floating]) -> pa.Array:
+    """Arrays of any shape, flattened to `dtype` -> a large_list column; None becomes null."""
+    flat = [np.zeros(0, dtype) if a is None else np.asarray(a, dtype).reshape(-1) for a in arrays]
     offsets = np.zeros(len(flat) + 1, dtype=np.int64)
     np.cumsum([len(f) for f in flat], out=offsets[1:])
-    values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.float16)
-    nulls = pa.array([f is None for f in features], pa.bool_())
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float16()), mask=nulls)
+    values = np.concatenate(flat) if flat else np.zeros(0, dtype)
+    nulls = pa.array([a is None for a in arrays], pa.bool_())
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.from_numpy_dtype(dtype)), mask=nulls)
 
 
 def unflatten(row_features: np.ndarray, n_frames: int) -> np.ndarray:
