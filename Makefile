@@ -59,7 +59,7 @@ demo: setup
 	@# Label the test audio as a batch job; count its languages against the truth (the language folder).
 	awk -F, '$$4 == "test" {print "corpus/" $$1}' $(DEMO)/corpus/manifest.csv > $(DEMO)/test-files.txt
 	$(SLC) label $(DEMO)/test-files.txt --bundle $(DEMO)/bundle --out $(DEMO)/labels --overwrite
-	$(PY) -c 'import sys, collections; from slc.label import read_labels; \
+	$(PY) -c 'import sys, collections; from slc.apps.label import read_labels; \
 	  counts = collections.Counter((r["path"].split("/")[-2], r["language"] or r["error"]) for r in read_labels(sys.argv[1]).to_pylist()); \
 	  print("truth  labelled  files"); [print(f"{t:<6} {l:<9} {n}") for (t, l), n in sorted(counts.items())]' $(DEMO)/labels
 	@# Start the endpoint, classify one test clip over HTTP, stop.

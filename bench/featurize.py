@@ -48,11 +48,11 @@ from transformers import Speech2TextFeatureExtractor
 
 from slc.audio import load, trim_silence
 from slc.config import IngestConfig
-from slc.corpus import discover
-from slc.features import Fbank, extract
-from slc.ingest import featurize_batch, ingest
-from slc.shards import features_column
-from slc.synth import DEFAULT_LANGS, make_corpus
+from slc.data.corpus import discover
+from slc.data.features import Fbank, extract
+from slc.data.ingest import featurize_batch, ingest
+from slc.data.shards import features_column
+from slc.data.synth import DEFAULT_LANGS, make_corpus
 
 FBANK_TARGET = 3.0  # slc at least this many times faster than transformers
 INGEST_TARGET = 400.0  # audio seconds per wall second per core

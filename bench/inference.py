@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slc import checkpoint as ckpt
-from slc.bundle import session
-from slc.quantize import p50_ms
+from slc.training import checkpoint as ckpt
+from slc.runtime.bundle import session
+from slc.export.quantize import p50_ms
 
 FRAMES_4S = 398  # Kaldi frames of a 4 s clip at 16 kHz
 

@@ -31,9 +31,9 @@ import ray
 import soundfile as sf
 
 from slc.config import LabelConfig
-from slc.corpus import AUDIO_EXTENSIONS
-from slc.label import label, read_labels
-from slc.runtime import Classifier
+from slc.data.corpus import AUDIO_EXTENSIONS
+from slc.apps.label import label, read_labels
+from slc.runtime.classifier import Classifier
 
 TARGET_PER_CORE = 300.0  # audio-seconds per wall-second per core
 

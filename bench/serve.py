@@ -28,8 +28,8 @@ import soundfile as sf
 import soxr
 
 from slc.config import ServeConfig
-from slc.runtime import Classifier
-from slc.serve import free_port, running
+from slc.runtime.classifier import Classifier
+from slc.apps.serve import free_port, running
 
 CLIP_S = 4.0
 RATE = 16_000

@@ -21,9 +21,9 @@ from pathlib import Path
 import ray
 
 from slc.config import AugmentConfig, IngestConfig, ModelConfig, TrainConfig
-from slc.ingest import ingest
-from slc.synth import make_corpus
-from slc.train import train
+from slc.data.ingest import ingest
+from slc.data.synth import make_corpus
+from slc.training.loop import train
 
 
 def shards_for(out: Path, per_lang: int, augment: int) -> Path:

@@ -7,7 +7,7 @@ Takes the arguments of `slc train`.
 
 import sys
 
-from slc.cli import app
+from slc.apps.cli import app
 
 if __name__ == "__main__":
     app(["train", *sys.argv[1:]], prog_name="jobs/train.py")

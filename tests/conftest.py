@@ -53,8 +53,8 @@ def speech_16k() -> np.ndarray:
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory, ray_session):
     """Shards of a small espeak-ng corpus (de, en; 16 clips each) for training tests."""
-    from slc.ingest import ingest
-    from slc.synth import make_corpus
+    from slc.data.ingest import ingest
+    from slc.data.synth import make_corpus
 
     root = tmp_path_factory.mktemp("small")
     make_corpus(root / "corpus", ("de", "en"), per_lang=16, seed=3)
@@ -68,12 +68,12 @@ def small_checkpoint(small_shards, tmp_path_factory):
     `small_shards`, saved as a checkpoint that records those shards."""
     import torch
 
-    from slc import checkpoint as ckpt
+    from slc.training import checkpoint as ckpt
     from slc.config import FeatureConfig, ModelConfig, TrainConfig
-    from slc.data import COLUMNS, collate
+    from slc.training.batches import COLUMNS, collate
     from slc.labels import LabelSet
-    from slc.model import LanguageClassifier
-    from slc.shards import read_split
+    from slc.training.model import LanguageClassifier
+    from slc.data.shards import read_split
 
     torch.manual_seed(0)
     config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=8)
@@ -99,7 +99,7 @@ def small_checkpoint(small_shards, tmp_path_factory):
 def small_bundle(small_checkpoint, tmp_path_factory):
     """The bundle `slc export` writes for `small_checkpoint`."""
     from slc.config import ExportConfig
-    from slc.export import export_bundle
+    from slc.export.exporter import export_bundle
 
     directory = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(small_checkpoint, directory, config=ExportConfig(latency_repeats=5, calibration_clips=8))

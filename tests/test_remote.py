@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from slc.corpus import SPLITS
+from slc.data.corpus import SPLITS
 from slc.config import ModelConfig, TrainConfig
-from slc.ingest import ingest
-from slc.shards import NUM_MEL_BINS, read_rejects, read_split
+from slc.data.ingest import ingest
+from slc.data.shards import NUM_MEL_BINS, read_rejects, read_split
 from slc.storage import StorageError
-from slc.synth import make_corpus
-from slc.train import train
+from slc.data.synth import make_corpus
+from slc.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 PER_LANG = 4

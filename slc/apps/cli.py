@@ -1,0 +1,374 @@
+"""The `slc` command line: parse, call the library, print."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from slc import config as cfg
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Spoken language classifier on Ray.")
+
+# Errors a user can act on: printed as one line, exit status 2, no traceback.
+_USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileExistsError, FileNotFoundError, OSError)
+
+
+def _fail(error: Exception) -> typer.Exit:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logger = logging.getLogger("slc")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("slc: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False  # libraries that configure the root logger would print each line twice
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Directory for the corpus (VoxLingua107 layout + manifest.csv).")],
+    langs: Annotated[str, typer.Option(help="Comma-separated languages espeak-ng speaks.")] = "de,en,fr,it",
+    per_lang: Annotated[int, typer.Option(help="Clips per language.")] = 100,
+    seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+) -> None:
+    """Make a demo corpus of espeak-ng speech: many voices, unseen test voices and sentences."""
+    from slc.data.synth import make_corpus
+
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    codes = [c.strip() for c in langs.split(",") if c.strip()]
+    try:
+        with typer.progressbar(length=per_lang * len(codes), label="synthesising", file=None) as bar:
+            summary = make_corpus(out, codes, per_lang, seed=seed, progress=lambda done, total: bar.update(1))
+    except _USER_ERRORS + (RuntimeError,) as error:
+        raise _fail(error) from None
+    rows = [
+        [split, lang, str(summary.clips[split].get(lang, 0)), str(summary.voices[split].get(lang, 0))]
+        for split in summary.clips
+        for lang in codes
+    ]
+    typer.echo(_table(["split", "lang", "clips", "voices"], rows))
+    typer.echo(f"corpus: {summary.root}  manifest: {summary.manifest}")
+
+
+@app.command()
+def ingest(
+    corpus: Annotated[str, typer.Argument(help="Corpus tree (<root>/<lang>/**/<audio>) or CSV/TSV manifest.")],
+    out: Annotated[str, typer.Argument(help="Shard directory: a path or a URI such as s3://bucket/shards.")],
+    labels: Annotated[Optional[str], typer.Option(help="Keep only these languages, in this order: de,fr,it.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="IngestConfig as YAML or JSON; flags override it.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="train,val,test fractions by group, e.g. 0.8,0.1,0.1.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the group split.")] = None,
+    max_duration: Annotated[Optional[float], typer.Option(help="Reject clips longer than this (s).")] = None,
+    min_duration: Annotated[Optional[float], typer.Option(help="Reject clips shorter than this after trimming (s).")] = None,
+    trim: Annotated[Optional[bool], typer.Option("--trim/--no-trim", help="Trim leading/trailing silence.")] = None,
+    augment: Annotated[Optional[int], typer.Option(help="Augmented copies of every training clip (speed, noise, gain, band, silence, pitch).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+) -> None:
+    """Featurize a corpus into Parquet shards per split, with rejects and a summary."""
+    from slc.data.ingest import ingest as run_ingest
+
+    try:
+        settings = cfg.load(cfg.IngestConfig, config) if config else cfg.IngestConfig()
+        settings = _override_ingest(settings, labels, split, seed, max_duration, min_duration, trim, augment)
+        summary = run_ingest(corpus, out, settings, overwrite=overwrite)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(format_ingest_summary(summary))
+
+
+def _override_ingest(
+    settings: cfg.IngestConfig,
+    labels: str | None,
+    split: str | None,
+    seed: int | None,
+    max_duration: float | None,
+    min_duration: float | None,
+    trim: bool | None,
+    augment: int | None,
+) -> cfg.IngestConfig:
+    audio = settings.audio
+    if max_duration is not None:
+        audio = dataclasses.replace(audio, max_duration_s=max_duration)
+    if min_duration is not None:
+        audio = dataclasses.replace(audio, min_duration_s=min_duration)
+    if trim is not None:
+        audio = dataclasses.replace(audio, trim_silence=trim)
+    split_config = settings.split
+    if split is not None:
+        train, val, test = (float(x) for x in split.split(","))
+        split_config = dataclasses.replace(split_config, train=train, val=val, test=test)
+    if seed is not None:
+        split_config = dataclasses.replace(split_config, seed=seed)
+    codes = tuple(c.strip() for c in labels.split(",") if c.strip()) if labels else settings.labels
+    augment_config = settings.augment if augment is None else dataclasses.replace(settings.augment, copies=augment)
+    return dataclasses.replace(settings, audio=audio, split=split_config, labels=codes, augment=augment_config)
+
+
+def format_ingest_summary(summary: dict) -> str:
+    """The ingest summary as a table of clips and hours per split and language."""
+    rows = [
+        [split, lang, str(stats["clips"]), f"{stats['hours']:.3f}"]
+        for split, split_stats in summary["splits"].items()
+        for lang, stats in split_stats["languages"].items()
+    ]
+    lines = [_table(["split", "lang", "clips", "hours"], rows)]
+    lines.append(
+        f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
+        f"  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)"
+    )
+    if summary["augmented"]["clips"]:
+        lines.append(
+            f"augmented training copies: {summary['augmented']['clips']} ({summary['augmented']['hours']:.3f} h)"
+        )
+    if summary["rejected_by_reason"]:
+        lines.append("rejected by reason: " + json.dumps(summary["rejected_by_reason"]))
+    if summary["excluded_by_label"]:
+        lines.append("outside the label set: " + json.dumps(summary["excluded_by_label"]))
+    lines.append(f"shards: {summary['out']}")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+PRESET_HELP = (
+    "Encoder size: tiny (1.3 M parameters, for CPUs and tests), small (17.5 M, the s2t-small encoder), "
+    "base (44.0 M, the size of the 188 MB reference model)."
+)
+
+
+@app.command()
+def train(
+    shards: Annotated[str, typer.Argument(help="Shard directory written by `slc ingest` (path or URI).")],
+    out: Annotated[str, typer.Argument(help="Run directory: Ray Train's checkpoints under run/, the best in best/.")],
+    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "tiny",
+    init_from: Annotated[Optional[str], typer.Option(help="Speech2Text checkpoint (save_pretrained directory or hub name) for the encoder.")] = None,
+    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP).")] = 1,
+    epochs: Annotated[int, typer.Option()] = 50,
+    batch_size: Annotated[int, typer.Option(help="Clips per worker per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option()] = 0.01,
+    warmup_ratio: Annotated[float, typer.Option(help="Share of steps of linear warmup before linear decay.")] = 0.1,
+    label_smoothing: Annotated[float, typer.Option()] = 0.1,
+    max_frames: Annotated[int, typer.Option(help="Random crop of training clips, in 10 ms frames.")] = 600,
+    balance: Annotated[str, typer.Option(help="Class imbalance: weights (loss weights) or none.")] = "weights",
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val F1.")] = None,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Default: use GPUs when the cluster has them.")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option()] = None,
+    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from (resume from the last checkpoint).")] = 0,
+    keep: Annotated[int, typer.Option(help="Checkpoints kept: the best by val F1 (plus the latest).")] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    config: Annotated[Optional[Path], typer.Option(help="TrainConfig as YAML or JSON; flags given override it.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its latest checkpoint.")] = False,
+) -> None:
+    """Train the classifier on Ray Train; the best checkpoint by val macro F1 goes to OUT/best."""
+    from slc.training.loop import train as run_train
+
+    try:
+        base = cfg.load(cfg.TrainConfig, config) if config else cfg.TrainConfig()
+        settings = dataclasses.replace(
+            base,
+            model=cfg.ModelConfig.preset(preset, init_from=init_from),
+            workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            warmup_ratio=warmup_ratio, label_smoothing=label_smoothing, max_frames=max_frames, balance=balance,
+            patience=patience, use_gpu=gpu, cpus_per_worker=cpus_per_worker, max_failures=max_failures,
+            keep_checkpoints=keep, seed=seed,
+        )
+        best = run_train(shards, out, settings, overwrite=overwrite, resume=resume)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(
+        f"best checkpoint: epoch {best['epoch']} of {best['epochs_run']}, val macro F1 {best['val_f1']:.4f} -> {best['best']}"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory, e.g. RUN/best.")],
+    shards: Annotated[str, typer.Argument(help="Shard directory (path or URI).")],
+    out: Annotated[Path, typer.Argument(help="Report directory: report.md, metrics.json, PNG plots.")],
+    split: Annotated[str, typer.Option(help="Shard split to evaluate.")] = "test",
+) -> None:
+    """Score a checkpoint on unseen clips: precision, recall, F1, IoU, confusion matrix, curves."""
+    from slc.training.evaluation import evaluate as run_evaluate
+
+    try:
+        metrics = run_evaluate(checkpoint, shards, out, split=split)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    rows = [[code, f"{m['f1']:.4f}", f"{m['precision']:.4f}", f"{m['recall']:.4f}", str(m["support"])]
+            for code, m in metrics["per_class"].items()]
+    typer.echo(_table(["lang", "F1", "precision", "recall", "clips"], rows))
+    macro = metrics["macro"]
+    typer.echo(f"macro F1 {macro['f1']:.4f}  precision {macro['precision']:.4f}  recall {macro['recall']:.4f}  "
+               f"IoU {macro['iou']:.4f}  -> {out / 'report.md'}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory (or URI), e.g. RUN/best.")],
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory: features.onnx, model*.onnx, bundle.json, report.md.")],
+    shards: Annotated[Optional[str], typer.Option(help="Shards for calibration (val) and scoring (test); default: those the checkpoint was trained on.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace BUNDLE if it has contents.")] = False,
+) -> None:
+    """Export a checkpoint to ONNX with optimised and quantized variants, each scored and timed."""
+    from slc.export.exporter import ExportError, export_bundle, variants_table
+
+    try:
+        manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite)
+    except _USER_ERRORS + (ExportError,) as error:
+        raise _fail(error) from None
+    typer.echo(variants_table(manifest))
+    typer.echo(f"default variant: {manifest['default_variant']}  -> {bundle}")
+
+
+@app.command()
+def predict(
+    files: Annotated[list[Path], typer.Argument(help="Audio files.")],
+    bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option(help="Probabilities shown per file.")] = 3,
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    segments: Annotated[bool, typer.Option(help="Timeline of languages from sliding windows.")] = False,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
+) -> None:
+    """Classify audio files with an exported bundle (onnxruntime; no torch).
+    Exit status 1 when some file could not be classified."""
+    from slc.audio import AudioError
+    from slc.runtime.classifier import Classifier
+
+    allowed = [c for c in allow.split(",") if c.strip()] if allow else None
+    try:
+        classifier = Classifier(bundle, variant=variant, threads=threads)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    failed = 0
+    for path in files:
+        try:
+            clip = classifier.load_audio(path)
+            prediction = classifier.classify(clip, allow=allowed, min_confidence=min_confidence, segments=segments)
+        except AudioError as error:
+            failed += 1
+            if as_json:
+                typer.echo(json.dumps({"path": str(path), "error": error.reason, "detail": str(error)}))
+            else:
+                typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+            continue
+        except ValueError as error:
+            raise _fail(error) from None
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), **prediction.to_dict(top_k)}))
+        else:
+            typer.echo(format_prediction(str(path), prediction, top_k))
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def format_prediction(path: str, prediction, top_k: int) -> str:
+    """`path  language  p1 code1  p2 code2 ...`, then the timeline, one segment per line."""
+    ranked = "  ".join(f"{code} {p:.3f}" for code, p in prediction.top(top_k))
+    lines = [f"{path}  {prediction.language}  ({ranked})  {prediction.duration_s:.1f} s"]
+    for segment in prediction.segments or []:
+        lines.append(
+            f"  {segment.start_s:7.1f} - {segment.end_s:7.1f} s  {segment.language:8s} {segment.confidence:.3f}"
+        )
+    return "\n".join(lines)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `slc export`.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = cfg.ServeConfig.host,
+    port: Annotated[int, typer.Option(help="HTTP port.")] = cfg.ServeConfig.port,
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    replicas: Annotated[int, typer.Option(help="Replicas, each holding the model.")] = cfg.ServeConfig.num_replicas,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads (and CPUs) per replica.")] = cfg.ServeConfig.threads,
+    max_batch_size: Annotated[int, typer.Option(help="Requests classified together.")] = cfg.ServeConfig.max_batch_size,
+    once: Annotated[Optional[Path], typer.Option(help="Start, classify this audio file over HTTP, print the answer, stop.")] = None,
+) -> None:
+    """Serve a bundle over HTTP with Ray Serve: POST /v1/classify, a web page at /. Ctrl-C stops."""
+    from slc.apps.serve import classify_once, run
+
+    try:
+        config = cfg.ServeConfig(
+            host=host,
+            port=port,
+            variant=variant,
+            num_replicas=replicas,
+            threads=threads,
+            num_cpus=float(threads),
+            max_batch_size=max_batch_size,
+            max_ongoing_requests=max(cfg.ServeConfig.max_ongoing_requests, 2 * max_batch_size),
+        )
+        if once is None:
+            run(bundle, config)
+            return
+        status, answer = classify_once(bundle, once, config)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(f"{once}: HTTP {status} {json.dumps(answer)}")
+    if status != 200:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def label(
+    inputs: Annotated[list[str], typer.Argument(help="Directories, globs, .tar/.tar.gz/.zip archives, manifests (CSV with a path column, or a .txt of paths) or URIs such as s3://bucket/audio.")],
+    bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
+    out: Annotated[str, typer.Option(help="Output directory: a path or a URI such as s3://bucket/labels.")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    top_k: Annotated[int, typer.Option(help="Probabilities kept per file, highest first.")] = 3,
+    segments: Annotated[bool, typer.Option(help="A timeline of languages per file, from sliding windows.")] = False,
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    max_duration: Annotated[Optional[float], typer.Option(help="Longest recording accepted (s); default: the bundle's.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Classifier actors.")] = 1,
+    threads: Annotated[int, typer.Option(help="onnxruntime threads per actor.")] = 1,
+    cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per classifier actor.")] = 1.0,
+    cpus_per_task: Annotated[float, typer.Option(help="Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.")] = 0.5,
+    files_per_task: Annotated[int, typer.Option(help="Files per read task.")] = 16,
+    rows_per_file: Annotated[int, typer.Option(help="Rows per output file: what an interrupted run keeps.")] = 256,
+    resume: Annotated[bool, typer.Option(help="Skip the files OUT already has (same bundle and settings).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+) -> None:
+    """Label audio archives on Ray Data: one row per file, its language or why it has none."""
+    from slc.apps.label import format_summary, label as run_label
+
+    try:
+        settings = cfg.LabelConfig(
+            variant=variant, format=fmt, top_k=top_k, segments=segments,
+            allow=tuple(c.strip() for c in (allow or "").split(",") if c.strip()),
+            min_confidence=min_confidence, max_duration_s=max_duration, concurrency=concurrency, threads=threads,
+            cpus_per_actor=cpus_per_actor, cpus_per_task=cpus_per_task, files_per_task=files_per_task,
+            rows_per_file=rows_per_file,
+        )  # fmt: skip
+        summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite)
+    except _USER_ERRORS as error:
+        raise _fail(error) from None
+    typer.echo(format_summary(summary))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,467 @@
+"""Demo speech corpus from espeak-ng voices, in the VoxLingua107 layout.
+
+A classifier trained on one synthetic voice learns the voice, not the language,
+so the corpus is built for variety: every accent espeak-ng has for a language,
+crossed with every voice variant it ships plus invented ones, at varied rate,
+pitch and loudness, reading shipped sentences and Faker compositions. Splits
+are disjoint in voices and in texts, so val and test measure unseen speakers
+saying unseen things.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import hashlib
+import importlib.resources
+import itertools
+import math
+import os
+import random
+import re
+import shutil
+import string
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from faker import Faker
+
+DEFAULT_LANGS = ("de", "en", "fr", "it")
+
+_SPLITS = ("train", "val", "test")
+_CLIPS_PER_VOICE = 5
+_MIN_GENERATED = 32
+_RATE_WPM = (120, 200)
+_PITCH = (30, 70)
+# Many shipped variants already peak at full scale at espeak's default of 100.
+_AMPLITUDE = (50, 110)
+# Texts are planned to last this long by `_seconds`, which is within about 20%
+# of espeak-ng across voices and languages, so clips come out at 2-8 s.
+_SECONDS = (2.6, 6.5)
+# espeak-ng speaks roughly rate/60 words a second; a word averages ~6 characters
+# with its space, and a digit expands into a spoken number several times longer.
+_CHARS_PER_WORD = 6.0
+_DIGIT_WEIGHT = 6
+_PROBE_TEXT = "one two three, a e i o u."
+
+_LOCALES = {"de": "de_DE", "en": "en_US", "fr": "fr_FR", "it": "it_IT"}
+# Which Faker provider each field comes from; a field whose provider falls back
+# to another language (it_IT has no jobs) would put foreign words in the clip.
+_FIELD_PROVIDERS = {"name": "person", "city": "address", "street": "address",
+                    "job": "job", "company": "company", "weekday": "date_time",
+                    "month": "date_time", "words": "lorem"}
+_FRAMES = {
+    "de": ("{name} wohnt seit {year} in {city}.",
+           "Am {weekday}, den {day}. {month}, fahren wir nach {city}.",
+           "Meine neue Adresse ist {street} in {city}.",
+           "{name} arbeitet als {job} bei {company}.",
+           "Die Rechnung über {number} Euro ist am {day}. {month} fällig.",
+           "Bitte rufen Sie {name} vor {weekday} zurück.",
+           "{words}."),
+    "en": ("{name} has lived in {city} since {year}.",
+           "On {weekday}, {month} {day}, we are driving to {city}.",
+           "My new address is {street}, {city}.",
+           "{name} got a job at {company}: {job}.",
+           "The bill for {number} dollars is due on {month} {day}.",
+           "Please call {name} back before {weekday}.",
+           "{words}."),
+    "fr": ("{name} habite à {city} depuis {year}.",
+           "Le {weekday} {day} {month}, nous partons pour {city}.",
+           "Ma nouvelle adresse est {street}, {city}.",
+           "{name} travaille comme {job} chez {company}.",
+           "La facture de {number} euros est à payer avant le {day} {month}.",
+           "Merci de rappeler {name} avant {weekday}.",
+           "{words}."),
+    "it": ("{name} abita a {city} dal {year}.",
+           "{weekday} {day} {month} partiamo per {city}.",
+           "Il mio nuovo indirizzo è {street}, {city}.",
+           "{name} lavora come {job} presso {company}.",
+           "La fattura di {number} euro scade il {day} {month}.",
+           "Per favore richiami {name} prima di {weekday}.",
+           "{words}."),
+}
+
+
+class EspeakNotFound(RuntimeError):
+    """espeak-ng is not installed or not on PATH."""
+
+
+class SynthesisError(RuntimeError):
+    """An espeak-ng run failed; the message holds its command line and stderr."""
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What `make_corpus` wrote: clip and voice (group) counts by split, then language."""
+
+    root: Path
+    manifest: Path
+    clips: dict[str, dict[str, int]]
+    voices: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class _Clip:
+    path: str
+    lang: str
+    group: str
+    split: str
+    text: str
+    voice: str
+    rate: int
+    pitch: int
+    amplitude: int
+
+
+def _espeak() -> str:
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise EspeakNotFound("espeak-ng is not installed: run `apt-get install -y espeak-ng`")
+    return exe
+
+
+def _run(args: list[str], stdin: bytes = b"") -> bytes:
+    done = subprocess.run(args, input=stdin, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise SynthesisError(f"{' '.join(args)} exited with {done.returncode}: "
+                             f"{done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
+
+
+def _system_data(exe: str) -> Path:
+    """The espeak-ng-data directory the installed espeak-ng reads."""
+    found = re.search(r"Data at:\s*(\S.*)$", _run([exe, "--version"]).decode(), re.MULTILINE)
+    if found is None or not Path(found.group(1)).is_dir():
+        raise EspeakNotFound("cannot find espeak-ng's data directory; "
+                             "reinstall it: `apt-get install -y espeak-ng`")
+    return Path(found.group(1))
+
+
+def _accents(exe: str, lang: str) -> list[tuple[str, str]]:
+    """lang -> [(language code, voice file)] for every espeak-ng variant of it,
+    e.g. ("en-gb-scotland", "gmw/en-GB-scotland"). MBROLA voices are left out:
+    they need the separate mbrola program and voice databases."""
+    accents = {}
+    for line in _run([exe, f"--voices={lang}"]).decode().splitlines()[1:]:
+        row = re.match(r"\s*\d+\s+(\S+)\s+\S+\s+\S+\s+(\S+)", line)
+        if row is None:
+            continue
+        code, file = row.groups()
+        if (code == lang or code.startswith(f"{lang}-")) and not file.startswith("mb/"):
+            accents.setdefault(code, file)
+    return sorted(accents.items())
+
+
+def _shipped_variants(exe: str) -> dict[str, str]:
+    """Safe name -> file name under voices/!v of every variant espeak-ng ships."""
+    variants = {}
+    for line in _run([exe, "--voices=variant"]).decode().splitlines():
+        found = re.search(r"!v/(.+?)\s*(\(.*\))?\s*$", line)
+        if found:
+            variants[re.sub(r"[^A-Za-z0-9_.-]", "_", found.group(1))] = found.group(1)
+    return variants
+
+
+def _data_dir(root: Path, system: Path, shipped: dict[str, str]) -> Path:
+    """Build root/espeak-ng-data: links to the system data, with a voices/!v of
+    links to the shipped variants under safe names, where generated ones can be
+    written without touching the system. Returns root, espeak-ng's --path."""
+    data = root / "espeak-ng-data"
+    variants = data / "voices" / "!v"
+    variants.mkdir(parents=True)
+    for entry in system.iterdir():
+        if entry.name != "voices":
+            (data / entry.name).symlink_to(entry)
+    for entry in (system / "voices").iterdir():
+        if entry.name != "!v":
+            (data / "voices" / entry.name).symlink_to(entry)
+    for name, file in shipped.items():
+        (variants / name).symlink_to(system / "voices" / "!v" / file)
+    return root
+
+
+def _distinct(exe: str, path: Path, accent: str, names: Sequence[str]) -> list[str]:
+    """Variants whose probe audio differs from the plain voice and from each
+    other: several shipped ones sound identical (klatt, klatt6, caleb), and a
+    voice split between train and test would leak."""
+    seen = {_run([exe, f"--path={path}", "-v", accent, "--stdout", _PROBE_TEXT])}
+    kept = []
+    for name in sorted(names):
+        audio = _run([exe, f"--path={path}", "-v", f"{accent}+{name}", "--stdout", _PROBE_TEXT])
+        if audio not in seen:
+            seen.add(audio)
+            kept.append(name)
+    return kept
+
+
+def _variant_file(rng: random.Random, name: str) -> str:
+    """The text of an espeak-ng variant file for an invented speaker: formants
+    scaled together as one vocal tract then jittered, with its own pitch, breath,
+    flutter and roughness (format of voices/!v/* in espeak-ng-data)."""
+    female = rng.random() < 0.5
+    base = rng.randint(150, 230) if female else rng.randint(70, 130)
+    tract = rng.uniform(1.05, 1.25) if female else rng.uniform(0.85, 1.05)
+    lines = ["language variant", f"name {name}", f"gender {'female' if female else 'male'}",
+             f"pitch {base} {base + rng.randint(30, 110)}"]
+    for k in range(9):
+        scale = tract if 1 <= k <= 5 else 1.0
+        lines.append(f"formant {k} {round(100 * scale * rng.uniform(0.93, 1.07))} "
+                     f"{rng.randint(70, 130)} {rng.randint(80, 150)}")
+    lines += [f"flutter {rng.randint(0, 30)}", f"roughness {rng.randint(0, 5)}",
+              f"voicing {rng.randint(75, 125)}", f"consonants {rng.randint(80, 120)}"]
+    if rng.random() < 0.35:
+        lines.append("breath " + " ".join(str(rng.randint(0, 4)) for _ in range(8)))
+    if rng.random() < 0.2:
+        lines.append(f"echo {rng.randint(40, 140)} {rng.randint(5, 15)}")
+    if rng.random() < 0.15:
+        lines.append(f"klatt {rng.randint(1, 4)}")
+    return "\n".join(lines) + "\n"
+
+
+def _split_counts(total: int, fractions: Sequence[float]) -> dict[str, int]:
+    """Share `total` among the splits by `fractions` (largest remainder); each
+    split with a positive fraction gets at least one when there are enough."""
+    exact = [total * f for f in fractions]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(counts)), key=lambda i: counts[i] - exact[i])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    for i, fraction in enumerate(fractions):
+        donor = max(range(len(counts)), key=counts.__getitem__)
+        if fraction > 0 and counts[i] == 0 and counts[donor] > 1:
+            counts[donor] -= 1
+            counts[i] += 1
+    return dict(zip(_SPLITS, counts))
+
+
+def _seconds(text: str, rate: int) -> float:
+    """Rough spoken duration of `text` at `rate` words per minute."""
+    weight = sum(_DIGIT_WEIGHT if c.isdigit() else 1 for c in text)
+    return weight / _CHARS_PER_WORD / (rate / 60)
+
+
+class _Texts:
+    """Utterances in one language: shipped sentences, hashed into disjoint pools
+    per split, and Faker compositions, never reusing a text across splits."""
+
+    def __init__(self, lang: str, fractions: Sequence[float], rng: random.Random) -> None:
+        resource = importlib.resources.files("slc.data") / "sentences" / f"{lang}.txt"
+        if lang not in _FRAMES or not resource.is_file():
+            raise ValueError(f"no sentences for language {lang!r}; slc has them for "
+                             f"{', '.join(sorted(_FRAMES))}")
+        lines = dict.fromkeys(s.strip() for s in resource.read_text(encoding="utf-8").splitlines())
+        self.pools: dict[str, list[str]] = {split: [] for split in _SPLITS}
+        for sentence in filter(None, lines):
+            self.pools[_sentence_split(sentence, fractions)].append(sentence)
+        self.fake = Faker(_LOCALES[lang])
+        self.fake.seed_instance(rng.getrandbits(32))
+        # Provider modules are faker.providers.<provider>.<locale>.
+        local = {module.split(".")[2] for module in
+                 (type(provider).__module__ for provider in self.fake.providers)
+                 if module.rsplit(".", 1)[-1].startswith(f"{lang}_")}
+        self.frames = [frame for frame in _FRAMES[lang]
+                       if {_FIELD_PROVIDERS.get(f) for f in _fields(frame)} - {None} <= local]
+        self.rng = rng
+        self.used: dict[str, str] = {}
+
+    def utterance(self, split: str, rate: int) -> str:
+        """A text for `split` that no other split uses, of 2-8 s at `rate` wpm."""
+        for _ in range(100):
+            text = self._compose(split, rate)
+            if self.used.setdefault(text, split) == split:
+                return text
+        raise RuntimeError(f"no unused text left for split {split!r}")
+
+    def _compose(self, split: str, rate: int) -> str:
+        low, high = _SECONDS
+        kind = self.rng.choices(("sentence", "faker", "both"), weights=(4, 3, 3))[0]
+        fitting = [s for s in self.pools[split] if _seconds(s, rate) <= high]
+        parts = [self.rng.choice(fitting)] if kind != "faker" and fitting else []
+        # A shipped sentence alone is only topped up to the shortest length; Faker
+        # phrases otherwise run to a random length, so clip lengths vary too.
+        target = low if parts and kind == "sentence" else self.rng.uniform(low, high)
+        for frame in self.rng.sample(self.frames, len(self.frames)):
+            if parts and _seconds(" ".join(parts), rate) >= target:
+                break
+            phrase = self._phrase(frame)
+            if parts and _seconds(" ".join([*parts, phrase]), rate) > high:
+                break
+            parts.append(phrase)
+        return " ".join(parts)
+
+    def _phrase(self, frame: str) -> str:
+        fake = self.fake
+        values = {"name": fake.name, "city": fake.city, "street": fake.street_address,
+                  "job": fake.job, "company": fake.company, "weekday": fake.day_of_week,
+                  "month": fake.month_name, "year": fake.year,
+                  "day": lambda: str(fake.random_int(1, 28)),
+                  "number": lambda: str(fake.random_int(2, 9999)),
+                  "words": lambda: fake.sentence(nb_words=self.rng.randint(4, 9)).rstrip(".")}
+        # Company names and titles can end in a full stop of their own.
+        return re.sub(r"\.{2,}", ".", frame.format(**{f: values[f]() for f in _fields(frame)}))
+
+
+def _fields(frame: str) -> list[str]:
+    """The {field} names in a frame, in order of first use."""
+    return list(dict.fromkeys(f for _, f, _, _ in string.Formatter().parse(frame) if f))
+
+
+def _sentence_split(sentence: str, fractions: Sequence[float]) -> str:
+    """The split a shipped sentence belongs to, the same for every seed."""
+    point = int.from_bytes(hashlib.sha256(sentence.encode("utf-8")).digest()[:8], "big") / 2**64
+    edges = list(itertools.accumulate(fractions))
+    return _SPLITS[min(bisect.bisect_right(edges, point), len(_SPLITS) - 1)]
+
+
+def _variant_pools(shipped: Sequence[str], needed: dict[str, int], fractions: Sequence[float],
+                   rng: random.Random) -> tuple[dict[str, list[str]], list[str]]:
+    """Deal voice variants to splits, so no variant is heard in two splits (in any
+    language), inventing variants where a split's share of shipped ones is smaller
+    than the voices it needs. -> (split -> variant names, invented names)."""
+    names = rng.sample(list(shipped), len(shipped))
+    shares = _split_counts(len(names), fractions)
+    invented = _split_counts(_MIN_GENERATED, fractions)
+    pools: dict[str, list[str]] = {}
+    generated: list[str] = []
+    for split in _SPLITS:
+        pools[split], names = names[: shares[split]], names[shares[split]:]
+        for _ in range(max(invented[split], needed[split] - len(pools[split]))):
+            generated.append(f"gen{len(generated):03d}")
+            pools[split].append(generated[-1])
+    return pools, generated
+
+
+def _voices(accents: Sequence[tuple[str, str]], pool: Sequence[str], clips: int,
+            rng: random.Random) -> list[tuple[str, str, int]]:
+    """Voices for one language and split: (group, espeak -v argument, clips),
+    each a distinct variant of `pool`, taking the accents in turn."""
+    count = math.ceil(clips / _CLIPS_PER_VOICE)
+    order = rng.sample(list(accents), len(accents))
+    voices = []
+    for i, variant in enumerate(rng.sample(list(pool), count)):
+        code, file = order[i % len(order)]
+        share = clips // count + (i < clips % count)
+        voices.append((f"{code}+{variant}", f"{file}+{variant}", share))
+    return voices
+
+
+def _plan(accents: dict[str, list[tuple[str, str]]], texts: dict[str, _Texts],
+          variants: Sequence[str], per_lang: int, fractions: Sequence[float],
+          rng: random.Random) -> tuple[list[_Clip], dict[str, str]]:
+    """Every clip's voice, text and prosody, drawn from `rng` before any audio is
+    made. -> (clips, invented variant name -> variant file text)."""
+    counts = _split_counts(per_lang, fractions)
+    needed = {split: math.ceil(n / _CLIPS_PER_VOICE) for split, n in counts.items()}
+    pools, generated = _variant_pools(variants, needed, fractions, rng)
+    width = max(4, len(str(per_lang - 1)))
+    clips = []
+    for lang, lang_accents in accents.items():
+        index = 0
+        for split in _SPLITS:
+            if counts[split] == 0:
+                continue
+            for group, voice, n in _voices(lang_accents, pools[split], counts[split], rng):
+                for _ in range(n):
+                    rate = rng.randint(*_RATE_WPM)
+                    clips.append(_Clip(
+                        path=f"{lang}/{group}__{index:0{width}d}.wav", lang=lang, group=group,
+                        split=split, text=texts[lang].utterance(split, rate), voice=voice,
+                        rate=rate, pitch=rng.randint(*_PITCH), amplitude=rng.randint(*_AMPLITUDE)))
+                    index += 1
+    return clips, {name: _variant_file(rng, name) for name in generated}
+
+
+def _speak(exe: str, path: Path, clip: _Clip, wav: Path) -> None:
+    """Synthesise `clip` into `wav` (espeak-ng's 22050 Hz 16-bit mono WAV)."""
+    _run([exe, f"--path={path}", "-b", "1", "-v", clip.voice, "-s", str(clip.rate),
+          "-p", str(clip.pitch), "-a", str(clip.amplitude), "-w", str(wav), "--stdin"],
+         clip.text.encode("utf-8"))
+
+
+def _synthesize(exe: str, path: Path, clips: Sequence[_Clip], out: Path, workers: int | None,
+                progress: Callable[[int, int], None] | None) -> None:
+    """Run espeak-ng for every clip, `workers` processes at a time; stop at the first failure."""
+    for lang in sorted({clip.lang for clip in clips}):
+        (out / lang).mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        futures = [pool.submit(_speak, exe, path, clip, out / clip.path) for clip in clips]
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                future.result()
+                if progress is not None:
+                    progress(done, len(clips))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _write_manifest(out: Path, clips: Sequence[_Clip]) -> Path:
+    manifest = out / "manifest.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "lang", "group", "split", "text"])
+        for clip in sorted(clips, key=lambda c: c.path):
+            writer.writerow([clip.path, clip.lang, clip.group, clip.split, clip.text])
+    return manifest
+
+
+def _check(langs: tuple[str, ...], per_lang: int, fractions: Sequence[float], out: Path) -> None:
+    if not langs:
+        raise ValueError("langs is empty: name at least one language, e.g. ('de', 'en')")
+    if per_lang < 1:
+        raise ValueError(f"per_lang must be at least 1, got {per_lang}")
+    if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative (train, val, test) shares "
+                         f"summing to 1, got {tuple(fractions)}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; remove it first")
+
+
+def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int = 100,
+                seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+                workers: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+    """Synthesise a corpus of `per_lang` clips per language with espeak-ng.
+
+    Writes out/<lang>/<group>__<index>.wav (22050 Hz 16-bit mono, 2-8 s) and
+    out/manifest.csv (path relative to `out`, lang, group, split, text), where a
+    group is one voice (accent + voice variant) and belongs to one split only;
+    splits share no texts either. `fractions` are the train/val/test shares of
+    clips. The same seed gives byte-identical files. `progress(done, total)` is
+    called as clips finish; `workers` espeak-ng processes run at once
+    (default: one per CPU).
+
+    Raises ValueError for an unknown language or bad argument, FileExistsError
+    when `out` is not empty, EspeakNotFound without espeak-ng.
+    """
+    out = Path(out)
+    langs = tuple(dict.fromkeys([langs] if isinstance(langs, str) else langs))
+    _check(langs, per_lang, fractions, out)
+    exe = _espeak()
+    accents = {lang: _accents(exe, lang) for lang in langs}
+    unknown = [lang for lang, found in accents.items() if not found]
+    if unknown:
+        raise ValueError(f"espeak-ng has no voice for {', '.join(map(repr, unknown))}; "
+                         f"see `espeak-ng --voices`")
+    rng = random.Random(seed)
+    texts = {lang: _Texts(lang, fractions, rng) for lang in langs}
+    with tempfile.TemporaryDirectory(prefix="slc-espeak-") as tmp:
+        shipped = _shipped_variants(exe)
+        path = _data_dir(Path(tmp), _system_data(exe), shipped)
+        variants = _distinct(exe, path, accents[langs[0]][0][1], list(shipped))
+        clips, generated = _plan(accents, texts, variants, per_lang, fractions, rng)
+        for name, text in generated.items():
+            (path / "espeak-ng-data" / "voices" / "!v" / name).write_text(text, encoding="utf-8")
+        _synthesize(exe, path, clips, out, workers, progress)
+    groups = {split: {lang: set() for lang in langs} for split in _SPLITS}
+    counts = {split: {lang: 0 for lang in langs} for split in _SPLITS}
+    for clip in clips:
+        groups[clip.split][clip.lang].add(clip.group)
+        counts[clip.split][clip.lang] += 1
+    voices = {split: {lang: len(found) for lang, found in by_lang.items()}
+              for split, by_lang in groups.items()}
+    return SynthSummary(out, _write_manifest(out, clips), counts, voices)

@@ -1,0 +1,340 @@
+"""`Classifier`: a bundle -> language probabilities, on onnxruntime alone.
+
+One clip, a batch of clips of different lengths, or a long recording cut
+into sliding windows (per-window probabilities, a timeline of language
+segments, a recording-level label by mean log-probability). Serving and batch
+labeling load this; it never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slc import audio
+from slc.runtime import bundle as bundles
+from slc.config import AudioConfig, FeatureConfig, WindowConfig, from_dict
+from slc.labels import LabelSet, normalize
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """A stretch of a recording where adjacent windows agree on the language."""
+
+    start_s: float
+    end_s: float
+    language: str
+    confidence: float  # mean top probability of its windows
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowScore:
+    start_s: float
+    end_s: float
+    probabilities: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """`language` is the most probable label, or `unknown` when its probability
+    is below the `min_confidence` asked for. `probabilities` are over the
+    allowed labels, highest first, summing to 1."""
+
+    language: str
+    confidence: float
+    probabilities: dict[str, float]
+    duration_s: float
+    windows: list[WindowScore] | None = None
+    segments: list[Segment] | None = None
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return list(self.probabilities.items())[:k]
+
+    def to_dict(self, top_k: int | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "language": self.language,
+            "confidence": self.confidence,
+            "probabilities": dict(self.top(top_k)) if top_k else dict(self.probabilities),
+            "duration_s": self.duration_s,
+        }
+        if self.segments is not None:
+            data["segments"] = [dataclasses.asdict(s) for s in self.segments]
+        return data
+
+
+def window_bounds(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
+    """Sample ranges of sliding windows over `n_samples`: every `hop` from 0,
+    the last aligned to the end so no tail goes unheard; one window when the
+    recording is not longer than a window."""
+    if n_samples <= window:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - window + 1, hop))
+    if starts[-1] + window < n_samples:
+        starts.append(n_samples - window)
+    return [(s, s + window) for s in starts]
+
+
+class Classifier:
+    """A loaded bundle. `threads` is onnxruntime's intra-op thread count for
+    each session, set explicitly: ORT ignores OMP_NUM_THREADS."""
+
+    def __init__(
+        self, bundle: str | Path, variant: str | None = None, threads: int = 1, batch_size: int = 16, verify: bool = True
+    ) -> None:
+        self.path = Path(bundle)
+        manifest = bundles.read_manifest(self.path, verify=verify)
+        self.manifest = manifest
+        self.labels = LabelSet(tuple(manifest["labels"]))
+        self.audio_config = from_dict(AudioConfig, manifest["audio"])
+        self.feature_config = from_dict(FeatureConfig, manifest["features"])
+        self.window = from_dict(WindowConfig, manifest["window"])
+        self.variant = variant or manifest["default_variant"]
+        usable = [name for name, v in manifest["variants"].items() if "file" in v]
+        if self.variant not in usable:
+            raise bundles.BundleError(f"{self.path}: no variant {self.variant!r}; it has {usable}")
+        if manifest["variants"][self.variant].get("rejected"):
+            log.warning("variant %s was rejected at export: %s", self.variant,
+                        manifest["variants"][self.variant].get("rejected_because"))
+        self.threads, self.batch_size = threads, batch_size
+        self._features = bundles.session(self.path / bundles.FEATURES_FILE, threads)
+        self._model = bundles.session(self.path / manifest["variants"][self.variant]["file"], threads)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What answered: for responses and output files."""
+        return {
+            "bundle": self.path.name,
+            "slc_version": self.manifest["slc_version"],
+            "variant": self.variant,
+            "sha256": self.manifest["files"][self.manifest["variants"][self.variant]["file"]][:12],
+        }
+
+    def load_audio(self, source: audio.Source, name: str | None = None) -> np.ndarray:
+        """A path or encoded bytes -> clip, with the bundle's audio settings."""
+        return audio.load(source, self.audio_config, name)
+
+    # --- probabilities --------------------------------------------------
+
+    def probabilities(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """`float32[len(clips), labels]` for whole clips (each at most
+        `window.whole_clip_max_s`), batched by similar length."""
+        if not clips:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        self._check_whole(clips)
+        out = np.empty((len(clips), len(self.labels)), dtype=np.float32)
+        for chosen in self._batches([len(c) for c in clips]):
+            out[chosen] = self._score(*self._featurize_padded([clips[i] for i in chosen]))
+        return out
+
+    def featurize(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Whole clips (as for `probabilities`) -> their features,
+        `float32[frames, num_mel_bins]` each: the first half of
+        `probabilities`, for pipelines that featurise and classify in
+        different processes."""
+        if not clips:
+            return []
+        self._check_whole(clips)
+        out: list[np.ndarray] = [np.empty(0)] * len(clips)
+        for chosen in self._batches([len(c) for c in clips]):
+            features, frame_lengths = self._featurize_padded([clips[i] for i in chosen])
+            for i, padded, n_frames in zip(chosen, features, frame_lengths):
+                out[i] = padded[:n_frames].copy()
+        return out
+
+    def classify_features(
+        self,
+        features: Sequence[np.ndarray],
+        durations_s: Sequence[float],
+        allow: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+    ) -> list[Prediction]:
+        """Features from `featurize` (and each clip's duration) -> one
+        Prediction each, in order: the second half of `classify_batch` for
+        whole clips."""
+        keep = self._keep(allow, min_confidence)
+        scores = np.empty((len(features), len(self.labels)), dtype=np.float32)
+        for chosen in self._batches([len(f) for f in features]):
+            frame_lengths = np.array([len(features[i]) for i in chosen], dtype=np.int64)
+            padded = np.zeros((len(chosen), int(frame_lengths.max()), features[0].shape[1]), dtype=np.float32)
+            for row, i in zip(padded, chosen):
+                row[: len(features[i])] = features[i]
+            scores[chosen] = self._score(padded, frame_lengths)
+        return [
+            self._answer(_restrict(s, keep), keep, min_confidence, duration)
+            for s, duration in zip(scores, durations_s)
+        ]
+
+    def _check_whole(self, clips: Sequence[np.ndarray]) -> None:
+        lengths = np.array([len(c) for c in clips])
+        short = int(self.feature_config.frame_length)
+        if lengths.min() < short:
+            raise ValueError(f"a clip needs at least {short} samples (one 25 ms frame), got {int(lengths.min())}")
+        longest = self.window.whole_clip_max_s * self.feature_config.sample_rate
+        if lengths.max() > longest:
+            raise ValueError(f"a whole clip may be at most {self.window.whole_clip_max_s:.0f} s; use windows")
+
+    def _batches(self, lengths: Sequence[int]) -> list[np.ndarray]:
+        """Indices in batches of `batch_size`, by similar length (less padding)."""
+        order = np.argsort(np.asarray(lengths), kind="stable")
+        return [order[start : start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+    def _featurize_padded(self, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        lengths = np.array([len(c) for c in clips], dtype=np.int64)
+        waveforms = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+        for row, clip in zip(waveforms, clips):
+            row[: len(clip)] = clip
+        features, frame_lengths = self._features.run(None, {"waveforms": waveforms, "lengths": lengths})
+        return features, frame_lengths
+
+    def _score(self, features: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
+        (probabilities,) = self._model.run(None, {"features": features, "frame_lengths": frame_lengths})
+        return probabilities
+
+    def window_probabilities(
+        self, clip: np.ndarray, window_s: float | None = None, hop_s: float | None = None
+    ) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """Sliding windows over `clip` -> (sample ranges, `float32[windows, labels]`).
+        Windows are featurised a batch at a time, so memory does not grow
+        with the recording's length beyond the clip itself."""
+        rate = self.feature_config.sample_rate
+        window = int(round((window_s or self.window.window_s) * rate))
+        hop = int(round((hop_s or self.window.hop_s) * rate))
+        if window <= 0 or hop <= 0:
+            raise ValueError(f"window and hop must be > 0 s, got {window / rate} s and {hop / rate} s")
+        bounds = window_bounds(len(clip), window, hop)
+        scores = np.concatenate(
+            [
+                self.probabilities([clip[s:e] for s, e in bounds[i : i + self.batch_size]])
+                for i in range(0, len(bounds), self.batch_size)
+            ]
+        )
+        return bounds, scores
+
+    # --- answers -------------------------------------------------------
+
+    def classify(
+        self,
+        clip: np.ndarray,
+        allow: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+        segments: bool = False,
+    ) -> Prediction:
+        """One clip -> Prediction. A clip longer than `whole_clip_max_s`, or
+        any clip when `segments`, is classified by sliding windows."""
+        return self.classify_batch([clip], allow, min_confidence, segments)[0]
+
+    def classify_long(
+        self, clip: np.ndarray, allow: Sequence[str] | None = None, min_confidence: float | None = None
+    ) -> Prediction:
+        """A recording -> per-window probabilities, timeline and recording label."""
+        return self.classify(clip, allow, min_confidence, segments=True)
+
+    def classify_batch(
+        self,
+        clips: Sequence[np.ndarray],
+        allow: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+        segments: bool = False,
+    ) -> list[Prediction]:
+        """Clips of any lengths -> one Prediction each, in order. Whole clips
+        share batches; long ones go through windows."""
+        keep = self._keep(allow, min_confidence)
+        rate = self.feature_config.sample_rate
+        windowed = [segments or len(c) > self.window.whole_clip_max_s * rate for c in clips]
+        whole = [i for i, w in enumerate(windowed) if not w]
+        results: list[Prediction | None] = [None] * len(clips)
+        for i, scores in zip(whole, self.probabilities([clips[i] for i in whole])):
+            results[i] = self._answer(_restrict(scores, keep), keep, min_confidence, len(clips[i]) / rate)
+        for i in (i for i, w in enumerate(windowed) if w):
+            results[i] = self._windowed(clips[i], keep, min_confidence, segments)
+        return results  # type: ignore[return-value]
+
+    def _windowed(self, clip: np.ndarray, keep: np.ndarray, min_confidence: float | None, segments: bool) -> Prediction:
+        rate = self.feature_config.sample_rate
+        bounds, scores = self.window_probabilities(clip)
+        scores = _restrict(scores, keep)
+        # Recording label: mean log-probability over windows, renormalised.
+        mean_log = np.log(np.clip(scores, 1e-12, None)).mean(axis=0)
+        recording = np.exp(mean_log - mean_log.max())
+        recording[~keep] = 0.0
+        answer = self._answer(recording / recording.sum(), keep, min_confidence, len(clip) / rate)
+        windows = [
+            WindowScore(s / rate, e / rate, self._ranked(p, keep)) for (s, e), p in zip(bounds, scores)
+        ]
+        timeline = self._timeline(bounds, scores, min_confidence, len(clip)) if segments else None
+        return dataclasses.replace(answer, windows=windows, segments=timeline)
+
+    def _timeline(
+        self, bounds: list[tuple[int, int]], scores: np.ndarray, min_confidence: float | None, n_samples: int
+    ) -> list[Segment]:
+        """Adjacent windows with the same top label merge into one segment; a
+        boundary between two falls in the middle of their overlap."""
+        rate = self.feature_config.sample_rate
+        top = scores.argmax(axis=1)
+        confidence = scores.max(axis=1)
+        names = [
+            UNKNOWN if min_confidence is not None and c < min_confidence else self.labels.code(int(t))
+            for t, c in zip(top, confidence)
+        ]
+        timeline: list[Segment] = []
+        run_start = 0
+        for i in range(1, len(names) + 1):
+            if i < len(names) and names[i] == names[run_start]:
+                continue
+            begin = 0 if run_start == 0 else (bounds[run_start - 1][1] + bounds[run_start][0]) / 2
+            end = n_samples if i == len(names) else (bounds[i - 1][1] + bounds[i][0]) / 2
+            timeline.append(
+                Segment(
+                    round(begin / rate, 3),
+                    round(end / rate, 3),
+                    names[run_start],
+                    float(confidence[run_start:i].mean()),
+                )
+            )
+            run_start = i
+        return timeline
+
+    def _keep(self, allow: Sequence[str] | None, min_confidence: float | None) -> np.ndarray:
+        """The allowed labels as a mask, after checking both answer options."""
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
+        return self._allowed(allow)
+
+    def _allowed(self, allow: Sequence[str] | None) -> np.ndarray:
+        keep = np.ones(len(self.labels), dtype=bool)
+        if not allow:
+            return keep
+        wanted = {normalize(code) for code in allow}
+        unknown = sorted(wanted - set(self.labels.codes))
+        if unknown:
+            raise ValueError(f"allow names languages the model does not know: {unknown}; it knows {list(self.labels.codes)}")
+        return np.array([code in wanted for code in self.labels.codes])
+
+    def _answer(self, scores: np.ndarray, keep: np.ndarray, min_confidence: float | None, duration_s: float) -> Prediction:
+        probabilities = self._ranked(scores, keep)
+        language, confidence = next(iter(probabilities.items()))
+        if min_confidence is not None and confidence < min_confidence:
+            language = UNKNOWN
+        return Prediction(language, confidence, probabilities, round(duration_s, 3))
+
+    def _ranked(self, scores: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+        ranked = sorted((i for i in range(len(scores)) if keep[i]), key=lambda i: -scores[i])
+        return {self.labels.code(i): float(scores[i]) for i in ranked}
+
+
+def _restrict(scores: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Zero the labels not allowed and renormalise (rows of `scores`)."""
+    if keep.all():
+        return scores
+    kept = np.where(keep, scores, 0.0)
+    total = kept.sum(axis=-1, keepdims=True)
+    return kept / np.where(total > 0, total, 1.0)

@@ -1,0 +1,262 @@
+"""Training on Ray Train: DDP over `workers`, AdamW with linear warmup then
+decay, cross-entropy, a checkpoint per epoch scored on validation macro F1.
+
+`train()` runs on the driver: it reads the shards, launches `TorchTrainer`
+and copies the best checkpoint to `OUT/best`. `train_loop` runs on every
+worker. Relaunching with the same OUT and `resume=True` continues from the
+latest checkpoint, as does Ray after a worker failure (`max_failures`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs as pafs
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file
+from transformers import get_linear_schedule_with_warmup
+
+from slc import config as cfg, storage
+from slc.training import checkpoint as ckpt
+from slc.config import FeatureConfig, IngestConfig, TrainConfig
+from slc.training.batches import COLUMNS, batches, class_weights
+from slc.labels import LabelSet
+from slc.training.metrics import metrics_from_confusion
+from slc.training.model import LanguageClassifier
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "run"
+
+
+def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Train on `shards` (an ingest output), writing Ray Train's run under
+    `out/run` and the best checkpoint to `out/best`. Returns the best epoch's metrics."""
+    shards_fs, shards_root = storage.resolve(shards)
+    labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
+    ingest_config = cfg.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
+    fs, root = _prepare_run_dir(out, overwrite, resume)
+
+    # Epoch lines are the progress of a run; per-dataset bars would drown them.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Read once: every epoch then streams from the object store (spilling to
+    # disk when it is full) instead of decoding Parquet again.
+    datasets = {
+        split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs)
+        .select_columns(COLUMNS)
+        .materialize()
+        for split in ("train", "val")
+    }
+    counts = {row["lang"]: row["count()"] for row in datasets["train"].groupby("lang").count().take_all()}
+    log.info("training clips per language: %s", counts)
+    loop_config = {
+        "train": cfg.to_dict(config),
+        "features": cfg.to_dict(ingest_config.features),
+        "labels": list(labels.codes),
+        "class_weights": class_weights(counts, labels) if config.balance == "weights" else None,
+        "train_rows": sum(counts.values()),
+        "shards": storage.redact(shards),
+    }
+    resources = ray.cluster_resources()
+    use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
+    # Workers holding every CPU starve Ray Data's read tasks and the run waits forever.
+    cpus = config.cpus_per_worker or min(1.0, max(0.25, (resources.get("CPU", 1) - 1) / config.workers))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+        ),
+        run_config=RunConfig(
+            name=RUN_NAME,
+            storage_path=root,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_checkpoints, checkpoint_score_attribute="val_f1", checkpoint_score_order="max"
+            ),
+        ),
+        datasets=datasets,
+    )
+    result = trainer.fit()
+    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["val_f1"])
+    best = storage.join(root, "best")
+    fs.create_dir(best, recursive=True)
+    pafs.copy_files(best_checkpoint.path, best, source_filesystem=best_checkpoint.filesystem, destination_filesystem=fs)
+    with result.checkpoint.as_directory() as latest:
+        history = json.loads((Path(latest) / "training_state.json").read_text())["history"]
+    storage.write_json(fs, storage.join(best, "history.json"), history)
+    log.info("best checkpoint: epoch %d, val macro F1 %.4f -> %s", best_metrics["epoch"], best_metrics["val_f1"], best)
+    return {**best_metrics, "best": best, "epochs_run": len(history)}
+
+
+def _prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
+    fs, root = storage.resolve(out)
+    if resume:
+        if storage.is_empty(fs, storage.join(root, RUN_NAME)):
+            raise storage.StorageError(f"{out}: nothing to resume (no {RUN_NAME}/ from an earlier run)")
+        return fs, root
+    return storage.prepare_output(out, overwrite)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: builds the model, resumes from the latest
+    checkpoint if there is one, trains and reports every epoch."""
+    config = cfg.from_dict(TrainConfig, loop_config["train"])
+    features = cfg.from_dict(FeatureConfig, loop_config["features"])
+    labels = LabelSet(tuple(loop_config["labels"]))
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.seed)
+
+    model = LanguageClassifier.build(config.model, len(labels))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(loop_config["train_rows"] / (world * config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            model.load_state_dict(load_file(Path(directory) / "model.safetensors"))
+            last_epoch, history = ckpt.load_training_state(Path(directory), optimizer, scheduler)
+            start_epoch = last_epoch + 1
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    weights = loop_config["class_weights"]
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, device=device) if weights else None, label_smoothing=config.label_smoothing
+    )
+    shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
+
+    for epoch in range(start_epoch, config.epochs):
+        # Seeded per epoch, so a resumed run sees the batches an uninterrupted one would.
+        rng = np.random.default_rng([config.seed, rank, epoch])
+        train_stats = _train_epoch(model, shards["train"], optimizer, scheduler, loss_fn, config, labels, rng, device)
+        val_loss, confusion = _evaluate(model, shards["val"], loss_fn, config, labels, rng, device)
+        totals = _all_reduce(torch.tensor([*train_stats, *val_loss], dtype=torch.float64), world)
+        confusion = _all_reduce(confusion, world).numpy()
+        train_loss_sum, train_n, data_s, step_s, val_loss_sum, val_n = totals.tolist()
+        val = metrics_from_confusion(confusion, labels)
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss_sum / max(train_n, 1),
+            "val_loss": val_loss_sum / max(val_n, 1),
+            "val_f1": val["macro"]["f1"],
+            "val_precision": val["macro"]["precision"],
+            "val_recall": val["macro"]["recall"],
+            "val_iou": val["macro"]["iou"],
+            # Samples and seconds are both summed over workers: their ratio is per worker.
+            "samples_per_s_per_worker": train_n / max(data_s + step_s, 1e-9),
+            "data_wait_share": data_s / max(data_s + step_s, 1e-9),
+            "lr": scheduler.get_last_lr()[0],
+        }
+        row.update({f"val_f1_{code}": stats["f1"] for code, stats in val["per_class"].items()})
+        history.append(row)
+        if rank == 0:
+            print(_epoch_line(row, config.epochs), flush=True)
+        _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, loop_config["shards"])
+        if _patience_exhausted(history, config.patience):
+            break
+
+
+def _train_epoch(model, shard, optimizer, scheduler, loss_fn, config, labels, rng, device) -> tuple[float, ...]:
+    """-> (loss sum, samples, seconds waiting for data, seconds computing)."""
+    model.train()
+    loss_sum, seen, data_s, step_s = 0.0, 0, 0.0, 0.0
+    iterator = iter(batches(shard, config, labels, train=True, rng=rng))
+    while True:
+        started = time.perf_counter()
+        batch = next(iterator, None)
+        fetched = time.perf_counter()
+        data_s += fetched - started
+        if batch is None:
+            break
+        features, lengths, targets = (t.to(device) for t in batch)
+        with _autocast(device):
+            loss = loss_fn(model(features, lengths).float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item() * len(targets)
+        seen += len(targets)
+        step_s += time.perf_counter() - fetched
+    return loss_sum, seen, data_s, step_s
+
+
+@torch.no_grad()
+def _evaluate(model, shard, loss_fn, config, labels, rng, device) -> tuple[tuple[float, int], torch.Tensor]:
+    """-> ((loss sum, samples), confusion counts [labels, labels])."""
+    model.eval()
+    confusion = torch.zeros(len(labels), len(labels), dtype=torch.int64)
+    loss_sum, seen = 0.0, 0
+    for features, lengths, targets in batches(shard, config, labels, train=False, rng=rng):
+        features, lengths, targets = features.to(device), lengths.to(device), targets.to(device)
+        with _autocast(device):
+            logits = model(features, lengths).float()
+        loss_sum += loss_fn(logits, targets).item() * len(targets)
+        seen += len(targets)
+        predicted = logits.argmax(dim=-1)
+        confusion += torch.bincount(
+            (targets * len(labels) + predicted).cpu(), minlength=len(labels) ** 2
+        ).reshape(len(labels), len(labels))
+    return (loss_sum, seen), confusion
+
+
+def _all_reduce(tensor: torch.Tensor, world: int) -> torch.Tensor:
+    """Sum over workers (gloo reduces CPU tensors; nccl needs them on the GPU)."""
+    if world == 1:
+        return tensor
+    device = ray.train.torch.get_device()
+    reduced = tensor.to(device)
+    torch.distributed.all_reduce(reduced)
+    return reduced.cpu()
+
+
+def _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, shards) -> None:
+    """Every rank reports (report is a barrier); rank 0 attaches the checkpoint."""
+    metrics = {**row, "val": val}
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = None
+        if rank == 0:
+            unwrapped = model.module if hasattr(model, "module") else model
+            ckpt.save(Path(directory), unwrapped, labels, config, features, metrics, shards)
+            ckpt.save_training_state(Path(directory), optimizer, scheduler, epoch, history)
+            checkpoint = ray.train.Checkpoint.from_directory(directory)
+        ray.train.report(row, checkpoint=checkpoint)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f}  val loss {row['val_loss']:.4f}  "
+        f"val F1 {row['val_f1']:.4f}  {row['samples_per_s_per_worker']:.1f} clips/s/worker  "
+        f"data wait {100 * row['data_wait_share']:.0f}%"
+    )
+
+
+def _patience_exhausted(history: list[dict], patience: int | None) -> bool:
+    if patience is None:
+        return False
+    best_epoch = max(range(len(history)), key=lambda i: history[i]["val_f1"])
+    return len(history) - 1 - best_epoch >= patience
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,436 @@
+"""The HTTP endpoint, deployed from serve_config.yaml the way `serve run` and
+`serve deploy` deploy it (only the bundle, the port and two limits swapped for
+test ones), on the session's Ray. The small bundle is a poor judge of
+language, so answers are compared with `Classifier` run here on the same audio."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+import soxr
+import yaml
+from conftest import espeak_wav
+
+from slc.config import ServeConfig
+from slc.runtime.classifier import Classifier
+from slc.apps.serve import app_builder, checked_batching, config_from_args, free_port
+
+CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
+# Small limits keep the limit tests cheap: 1 MB uploads, 30 s of audio.
+TEST_LIMITS = {"max_upload_mb": 1, "max_duration_s": 30}
+
+
+# --- deploying serve_config.yaml on the session cluster -------------------
+
+
+def config_schema(bundle: Path, name: str, port: int, user_config: dict | None = None, **args):
+    """serve_config.yaml, validated by Ray Serve's own schema, serving
+    `bundle` as application `name` on `port`."""
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(CONFIG.read_text())
+    data["http_options"]["port"] = port
+    app = data["applications"][0]
+    app["name"] = name
+    app["args"] = {**app["args"], "bundle": str(bundle), **args}
+    if user_config:
+        app["deployments"][0]["user_config"] = user_config
+    return ServeDeploySchema.model_validate(data)
+
+
+@dataclasses.dataclass
+class Endpoint:
+    url: str
+    app_name: str
+    deploy: Callable[..., None]  # redeploy the config with other user_config
+
+    def post(self, body: bytes | None = None, query: str = "", **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/v1/classify{'?' + query if query else ''}", data=body, timeout=120, **kwargs)
+
+    def upload(self, body: bytes, name: str = "clip.wav", query: str = "") -> requests.Response:
+        return self.post(query=query, files={"file": (name, body)})
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", timeout=30)
+
+
+def _wait_running(app_name: str, timeout_s: float = 180) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(app_name)
+        if app and app.status == "RUNNING":
+            return
+        if app and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"{app_name} failed to deploy: {app.message}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{app_name} not running after {timeout_s:.0f} s: {app}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def deployed(bundle: Path, **args) -> Iterator[Endpoint]:
+    """serve_config.yaml's application on a free port; Serve shut down after."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # The client `serve run serve_config.yaml` and `serve deploy` use: the
+    # controller builds the app from the import path and applies the
+    # config's deployment options and user_config.
+    client = serve.context._get_global_client()
+    name = f"slc-test-{secrets.token_hex(3)}"
+
+    def deploy(user_config: dict | None = None) -> None:
+        client.deploy_apps(config_schema(bundle, name, port, user_config, **args))
+        _wait_running(name)
+
+    try:
+        deploy()
+        endpoint = Endpoint(f"http://127.0.0.1:{port}", name, deploy)
+        deadline = time.monotonic() + 60
+        while not _answers(endpoint):
+            assert time.monotonic() < deadline, "the endpoint never answered /readyz"
+            time.sleep(0.3)
+        yield endpoint
+    finally:
+        serve.shutdown()
+
+
+def _answers(endpoint: Endpoint) -> bool:
+    try:
+        return endpoint.get("/readyz").status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, small_bundle) -> Iterator[Endpoint]:
+    with deployed(small_bundle, **TEST_LIMITS) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def classifier(small_bundle) -> Classifier:
+    return Classifier(small_bundle)
+
+
+@pytest.fixture(scope="module")
+def german_wav() -> bytes:
+    return espeak_wav("Guten Morgen. Der Zug nach Zürich fährt heute um halb neun ab.", "de")
+
+
+@pytest.fixture(scope="module")
+def long_wav() -> bytes:
+    """About 20 s: German and English taking turns, as one 16 kHz WAV."""
+    parts = [
+        espeak_wav("Der Zug nach Zürich fährt heute um halb neun vom dritten Gleis ab. Bitte einsteigen.", "de"),
+        espeak_wav("The train to London leaves at half past eight from platform three. Please mind the gap.", "en"),
+        espeak_wav("Wir wünschen Ihnen eine angenehme Reise und einen schönen Tag.", "de"),
+        espeak_wav("Tickets are available from the machines at the entrance and on the train.", "en"),
+    ]
+    clips = []
+    for part in parts:
+        samples, rate = sf.read(io.BytesIO(part), dtype="float32")
+        clips.append(soxr.resample(samples, rate, 16000))
+    return wav_bytes(np.concatenate(clips), 16000)
+
+
+def wav_bytes(samples: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+def expected(classifier: Classifier, wav: bytes, top_k: int | None = None, **options) -> dict:
+    return classifier.classify(classifier.load_audio(wav), **options).to_dict(top_k)
+
+
+def assert_same_answer(answer: dict, wanted: dict) -> None:
+    assert answer["language"] == wanted["language"]
+    assert list(answer["probabilities"]) == list(wanted["probabilities"])
+    assert answer["probabilities"] == pytest.approx(wanted["probabilities"], abs=1e-5)
+    assert answer["duration_s"] == pytest.approx(wanted["duration_s"], abs=1e-3)
+
+
+# --- the config file and its arguments ------------------------------------
+
+
+def test_serve_config_passes_ray_serves_schema_and_binds_loopback():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    assert (config.http_options.host, config.http_options.port) == ("127.0.0.1", 8000)
+    (app,) = config.applications
+    assert app.import_path == "slc.apps.serve:app_builder" and app.args["bundle"]
+    (deployment,) = app.deployments
+    assert deployment.ray_actor_options.num_cpus > 0
+    assert checked_batching(deployment.user_config)
+    assert deployment.max_ongoing_requests >= deployment.user_config["max_batch_size"]
+
+
+def test_builder_arguments_are_converted_and_checked(small_bundle, tmp_path):
+    assert config_from_args({"threads": "2", "variant": "fp32", "max_upload_mb": "5"}) == ServeConfig(
+        threads=2, variant="fp32", max_upload_mb=5.0
+    )
+    with pytest.raises(ValueError, match="unknown serve setting"):
+        config_from_args({"thread": "2"})
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        config_from_args({"max_batch_size": "64", "max_ongoing_requests": "8"})
+    with pytest.raises(FileNotFoundError, match="not a bundle"):
+        app_builder({"bundle": str(tmp_path)})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        checked_batching({"max_batch_size": 0, "batch_wait_timeout_s": 0.01})
+
+
+def test_importing_the_endpoint_never_imports_torch():
+    code = "import sys, slc.apps.serve\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --- answers ---------------------------------------------------------------
+
+
+def test_multipart_upload_and_raw_body_answer_like_the_classifier(endpoint, classifier, german_wav):
+    wanted = expected(classifier, german_wav)
+    uploaded = endpoint.upload(german_wav)
+    raw = endpoint.post(german_wav, headers={"Content-Type": "audio/wav"})
+    for response in (uploaded, raw):
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert_same_answer(answer, wanted)
+        assert "segments" not in answer
+        assert answer["model"] == classifier.info
+
+
+def test_query_options_reach_the_classifier(endpoint, classifier, german_wav):
+    top = endpoint.upload(german_wav, query="top_k=1").json()
+    assert list(top["probabilities"]) == [top["language"]]
+    only_en = endpoint.upload(german_wav, query="allow=en").json()
+    assert only_en["language"] == "en" and only_en["probabilities"] == {"en": pytest.approx(1.0)}
+    aliased = endpoint.upload(german_wav, query="allow=de-DE,EN").json()
+    assert_same_answer(aliased, expected(classifier, german_wav, allow=["de", "en"]))
+    unsure = endpoint.upload(german_wav, query="min_confidence=1").json()
+    assert unsure["language"] == "unknown"
+    assert unsure["probabilities"] == pytest.approx(expected(classifier, german_wav)["probabilities"], abs=1e-5)
+
+
+def test_long_audio_gets_the_same_timeline_as_the_classifier(endpoint, classifier, long_wav):
+    response = endpoint.upload(long_wav, name="long.wav", query="segments=true")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    wanted = expected(classifier, long_wav, segments=True)
+    assert answer["duration_s"] == pytest.approx(wanted["duration_s"], abs=1e-3) and answer["duration_s"] > 15
+    assert [s["language"] for s in answer["segments"]] == [s["language"] for s in wanted["segments"]]
+    for got, want in zip(answer["segments"], wanted["segments"]):
+        assert (got["start_s"], got["end_s"]) == pytest.approx((want["start_s"], want["end_s"]))
+    assert answer["segments"][0]["start_s"] == 0 and answer["segments"][-1]["end_s"] == answer["duration_s"]
+
+
+def test_concurrent_requests_with_different_options_each_get_their_own(endpoint, german_wav, long_wav):
+    asks = ["", "allow=en", "top_k=1", "min_confidence=1", "allow=de"] * 3
+    with ThreadPoolExecutor(max_workers=len(asks)) as pool:
+        answers = list(pool.map(lambda q: endpoint.upload(german_wav, query=q).json(), asks))
+    for query, answer in zip(asks, answers):
+        if query.startswith("allow="):
+            assert list(answer["probabilities"]) == [query.split("=")[1]]
+        elif query == "top_k=1":
+            assert len(answer["probabilities"]) == 1
+        elif query == "min_confidence=1":
+            assert answer["language"] == "unknown"
+        else:
+            assert len(answer["probabilities"]) == 2 and answer["language"] != "unknown"
+
+
+def test_labels_health_readiness_and_page(endpoint, classifier):
+    labels = endpoint.get("/v1/labels").json()
+    assert labels["labels"] == list(classifier.labels.codes) and labels["model"] == classifier.info
+    assert endpoint.get("/healthz").json() == {"status": "ok"}
+    ready = endpoint.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["model"] == classifier.info
+    page = endpoint.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in page.text and 'id="record"' in page.text
+    missing = endpoint.get("/v2/nothing")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+
+
+def test_replicas_never_load_torch(endpoint):
+    replicas = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_replica_of(p, endpoint.app_name)]
+    assert replicas, f"no replica process of {endpoint.app_name}"
+    for process in replicas:
+        assert "torch" not in (process / "maps").read_text(), f"replica {process.name} loaded torch"
+
+
+def _is_replica_of(process: Path, app_name: str) -> bool:
+    try:
+        return f"ServeReplica:{app_name}:" in (process / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+# --- limits and errors ----------------------------------------------------
+
+
+def _silence(seconds: float) -> bytes:
+    return wav_bytes(np.zeros(int(16000 * seconds), dtype=np.float32), 16000)
+
+
+def _tone(seconds: float, rate: int = 16000) -> np.ndarray:
+    return (0.3 * np.sin(np.arange(int(rate * seconds)) * 2 * np.pi * 220 / rate)).astype(np.float32)
+
+
+def _with_nan(seconds: float) -> bytes:
+    samples = _tone(seconds)
+    samples[100] = np.nan
+    return wav_bytes(samples, 16000, "FLOAT")
+
+
+ERROR_CASES = {
+    "empty upload": (lambda e, wav: e.upload(b""), 400, "empty"),
+    "empty raw body": (lambda e, wav: e.post(b"", headers={"Content-Type": "audio/wav"}), 400, "empty"),
+    "text file upload": (lambda e, wav: e.upload(b"just some notes\n" * 20, "notes.txt"), 415, "undecodable"),
+    "text content type": (lambda e, wav: e.post(wav, headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+    "NaN samples": (lambda e, wav: e.upload(_with_nan(2.0), "nan.wav"), 422, "non_finite"),
+    "only silence": (lambda e, wav: e.upload(_silence(2.0), "silence.wav"), 422, "too_short"),
+    "0.2 s of sound": (lambda e, wav: e.upload(wav_bytes(_tone(0.2), 16000), "short.wav"), 422, "too_short"),
+    "too long": (lambda e, wav: e.upload(wav_bytes(_tone(31.0, 8000), 8000), "long.wav"), 413, "too_long"),
+    "upload too big": (lambda e, wav: e.upload(b"\0" * (2 << 20), "big.wav"), 413, "too_large"),
+    "raw body too big": (lambda e, wav: e.post(b"\0" * (2 << 20), headers={"Content-Type": "audio/wav"}), 413, "too_large"),
+    "no file field": (lambda e, wav: e.post({"audio": "x"}, files={"other": ("a.wav", wav)}), 400, "no_file"),
+    "bad top_k": (lambda e, wav: e.upload(wav, query="top_k=0"), 422, "invalid_query"),
+    "bad min_confidence": (lambda e, wav: e.upload(wav, query="min_confidence=1.5"), 422, "invalid_query"),
+    "NaN min_confidence": (lambda e, wav: e.upload(wav, query="min_confidence=nan"), 422, "invalid_query"),
+    "unknown language": (lambda e, wav: e.upload(wav, query="allow=de,xx"), 422, "unknown_language"),
+    "not a language code": (lambda e, wav: e.upload(wav, query="allow=%3F%3F"), 422, "unknown_language"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_each_error_has_its_status_and_a_message_naming_the_file(endpoint, german_wav, case):
+    send, status, error = ERROR_CASES[case]
+    response = send(endpoint, german_wav)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["error"] == error and isinstance(answer["detail"], str) and answer["detail"]
+    if error in ("undecodable", "non_finite", "too_short", "too_long"):
+        name = {"text file upload": "notes.txt"}.get(case, "")
+        assert name in answer["detail"] and error in answer["detail"]
+
+
+def malformed_bodies(wav: bytes) -> list[tuple[str, bytes, str | None]]:
+    """(what, body, Content-Type or None for a multipart upload): over 200
+    bodies no endpoint should answer with anything but a 4xx."""
+    rng = np.random.default_rng(5)
+    header = wav[:44]
+    cases: list[tuple[str, bytes, str | None]] = []
+    for i in range(50):
+        cases.append((f"random {i}", rng.bytes(int(rng.integers(1, 4000))), None if i % 2 else "audio/wav"))
+    for magic in (b"RIFF\xff\xff\xff\xffWAVE", b"fLaC", b"OggS\x00\x02", b"ID3\x04\x00", b"\xff\xfb\x90\x00", b"FORM\x00\x00\x00\x20AIFF"):
+        for i in range(5):
+            cases.append((f"{magic[:4]!r} + random {i}", magic + rng.bytes(int(rng.integers(0, 3000))), None))
+    for cut in range(60):
+        cases.append((f"WAV cut at {cut} bytes", wav[:cut], None if cut % 2 else "audio/wav"))
+    for i in range(30):
+        forged = bytearray(header) + wav[44 : 44 + int(rng.integers(0, 4000))]
+        field, size = [(4, 4), (40, 4), (22, 2), (24, 4), (28, 4), (32, 2), (34, 2), (20, 2)][i % 8]
+        value = [0, 1, 3, 2 ** (8 * size - 1) - 1, 2 ** (8 * size) - 1][i % 5]
+        forged[field : field + size] = value.to_bytes(size, "little")
+        cases.append((f"WAV header field {field} forged ({i})", bytes(forged), None))
+    for i in range(15):
+        samples = _tone(1.0 + i / 10)
+        samples[rng.integers(0, len(samples), 1 + i)] = [np.nan, np.inf, -np.inf][i % 3]
+        cases.append((f"non-finite float WAV {i}", wav_bytes(samples, 16000, "FLOAT"), None))
+    for kind in ("text/plain", "application/json", "text/html", "image/png", "application/x-www-form-urlencoded", "multipart/mixed"):
+        cases.append((f"WAV sent as {kind}", wav, kind))
+        cases.append((f"nothing sent as {kind}", b"", kind))
+    for i, text in enumerate(["hello", '{"audio": [0.1, 0.2]}', "<html><body>hi</body></html>", "a,b,c\n1,2,3\n", "ü" * 999]):
+        cases.append((f"text file {i}", text.encode(), None))
+        cases.append((f"text raw body {i}", text.encode(), "application/octet-stream"))
+    for i in range(10):
+        boundary = "b" * (i + 1)
+        body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.wav\"\r\n\r\n".encode() + wav[: 200 * i]
+        kind = f"multipart/form-data; boundary={boundary}" if i % 2 else "multipart/form-data"
+        cases.append((f"broken multipart {i}", body, kind))
+    for seconds in (0.0, 0.1, 0.3, 0.45):
+        cases.append((f"{seconds} s of sound", wav_bytes(_tone(seconds) if seconds else np.zeros(0, np.float32), 16000), None))
+    return cases
+
+
+def test_malformed_bodies_get_4xx_json_and_the_service_keeps_answering(endpoint, german_wav):
+    cases = malformed_bodies(german_wav)
+    assert len(cases) >= 200
+    wrong = []
+    with requests.Session() as session:
+        for what, body, kind in cases:
+            if kind is None:
+                response = session.post(f"{endpoint.url}/v1/classify", files={"file": ("upload.bin", body)}, timeout=60)
+            else:
+                response = session.post(f"{endpoint.url}/v1/classify", data=body, headers={"Content-Type": kind}, timeout=60)
+            try:
+                answer = response.json()
+                ok = 400 <= response.status_code < 500 and set(answer) == {"error", "detail"} and answer["detail"]
+            except ValueError:
+                ok = False
+            if not ok:
+                wrong.append(f"{what}: {response.status_code} {response.text[:200]}")
+    assert not wrong, "\n".join(wrong)
+    assert endpoint.upload(german_wav).status_code == 200
+
+
+# --- batching settings change on the running replica ------------------------
+
+
+def test_user_config_changes_batching_without_restarting_the_replica(endpoint, german_wav):
+    before = endpoint.get("/readyz").json()
+    assert before["batching"] == yaml.safe_load(CONFIG.read_text())["applications"][0]["deployments"][0]["user_config"]
+    changed = {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}
+    endpoint.deploy(changed)
+    deadline = time.monotonic() + 60
+    while (after := endpoint.get("/readyz").json())["batching"] != changed:
+        assert time.monotonic() < deadline, f"batching still {after['batching']}"
+        time.sleep(0.3)
+    assert after["replica"] == before["replica"], "the replica was replaced, not reconfigured"
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(lambda _: endpoint.upload(german_wav).status_code, range(10)))
+    assert statuses == [200] * 10
+
+
+# --- the local start-classify-stop path `slc serve --once` and `make demo` use ---
+
+
+def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, classifier, german_wav, tmp_path):
+    clip = tmp_path / "guten-morgen.wav"
+    clip.write_bytes(german_wav)
+    port = free_port()
+    code = (
+        "import json, sys\n"
+        "from slc.config import ServeConfig\n"
+        "from slc.apps.serve import classify_once\n"
+        f"status, answer = classify_once({str(small_bundle)!r}, {str(clip)!r}, ServeConfig(port={port}))\n"
+        "print(json.dumps([status, answer, 'torch' in sys.modules]))\n"
+    )
+    # A Ray of its own, as on a user's machine: not the session's cluster.
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    status, answer, torch_loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 200 and not torch_loaded
+    assert_same_answer(answer, expected(classifier, german_wav))
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"

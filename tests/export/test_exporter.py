@@ -1,0 +1,143 @@
+"""Export: the trained classifier as ONNX, checked against PyTorch, with
+optimised and quantized variants scored, timed and hashed into a bundle."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from slc.runtime import bundle as bundles
+from slc.training import checkpoint as ckpt
+from slc.config import ExportConfig
+from slc.export.exporter import ExportError, check_parity, choose_default, export_model
+from slc.data.features import Fbank
+from slc.runtime.classifier import Classifier
+
+from conftest import REPO, espeak_wav
+
+VARIANTS = ("fp32", "fp32-basic", "fp32-extended", "fp32-all", "int8-dynamic", "int8-static", "int8-matmul", "fp16")
+
+
+def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
+    manifest = json.loads((small_bundle / "bundle.json").read_text())
+    assert manifest["labels"] == ["de", "en"] and manifest["slc_version"]
+    assert manifest["window"]["window_s"] == 4.0 and manifest["features"]["num_mel_bins"] == 80
+    assert set(manifest["variants"]) == set(VARIANTS)
+    for name, variant in manifest["variants"].items():
+        assert "error" not in variant, (name, variant)
+        assert 0 <= variant["macro_f1"] <= 1 and 0 <= variant["iou"] <= 1
+        assert variant["size_mb"] > 0 and variant["p50_ms"] > 0 and variant["speedup_vs_torch"] > 0
+        assert (small_bundle / variant["file"]).is_file()
+    sizes = {name: v["size_mb"] for name, v in manifest["variants"].items()}
+    assert sizes["int8-dynamic"] < sizes["fp32"] / 2 and sizes["fp16"] < sizes["fp32"] * 0.6
+    listed = set(manifest["files"])
+    assert listed == {p.name for p in small_bundle.iterdir()} - {"bundle.json"}
+    assert all(manifest["files"][name] == bundles.sha256(small_bundle / name) for name in listed)
+    assert manifest["parity"]["max_abs_diff"] <= 1e-4
+    assert manifest["default_variant"] in manifest["variants"]
+    assert not manifest["variants"][manifest["default_variant"]]["rejected"]
+    report = (small_bundle / "report.md").read_text()
+    assert "| variant | macro F1 | IoU | size MB" in report and "| int8-matmul |" in report
+
+
+def test_exported_graph_takes_any_batch_and_length(small_bundle, small_checkpoint):
+    model, *_ = ckpt.load(small_checkpoint)
+    model.eval()
+    session = ort.InferenceSession(str(small_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for batch, frames in ((1, 50), (5, 1234)):
+        features = rng.standard_normal((batch, frames, 80)).astype(np.float32)
+        lengths = np.linspace(frames // 3, frames, batch).astype(np.int64)
+        (got,) = session.run(None, {"features": features, "frame_lengths": lengths})
+        with torch.inference_mode():
+            expected = torch.softmax(model(torch.from_numpy(features), torch.from_numpy(lengths)), -1).numpy()
+        assert got.shape == (batch, 2) and np.abs(got - expected).max() <= 1e-4
+
+
+def test_parity_check_fails_an_export_that_disagrees_with_pytorch(small_checkpoint, tmp_path):
+    model, *_ = ckpt.load(small_checkpoint)
+    model.eval()
+    path = export_model(model, tmp_path / "model.onnx")
+    assert check_parity(model, path, 1e-4)["max_abs_diff"] <= 1e-4
+    with torch.no_grad():
+        model.classifier.bias += torch.tensor([2.0, -2.0])
+    with pytest.raises(ExportError, match="differ by"):
+        check_parity(model, path, 1e-4)
+
+
+def test_features_graph_matches_the_torch_fbank(small_bundle, speech_16k):
+    session = ort.InferenceSession(str(small_bundle / "features.onnx"), providers=["CPUExecutionProvider"])
+    clips = [speech_16k, speech_16k[:16000]]
+    waveforms = np.zeros((2, len(speech_16k)), dtype=np.float32)
+    waveforms[1, :16000] = speech_16k[:16000]
+    waveforms[0] = speech_16k
+    lengths = np.array([len(c) for c in clips])
+    features, frames = session.run(None, {"waveforms": waveforms, "lengths": lengths})
+    with torch.inference_mode():
+        expected, expected_frames = Fbank()(torch.from_numpy(waveforms), torch.from_numpy(lengths))
+    assert (frames == expected_frames.numpy()).all()
+    assert np.abs(features - expected.numpy()).max() < 1e-4
+
+
+def test_a_variant_losing_more_than_a_point_is_rejected_and_never_the_default():
+    variants = {
+        "fp32": {"file": "a", "macro_f1": 0.950, "p50_ms": 10.0},
+        "int8-static": {"file": "b", "macro_f1": 0.930, "p50_ms": 2.0},  # -2 points: rejected
+        "int8-dynamic": {"file": "c", "macro_f1": 0.942, "p50_ms": 3.0},  # -0.8: kept, too far for default
+        "int8-matmul": {"file": "d", "macro_f1": 0.946, "p50_ms": 5.0},  # -0.4: fastest within 0.5
+        "fp16": {"error": "RuntimeError: failed"},
+    }
+    assert choose_default(variants, ExportConfig()) == "int8-matmul"
+    assert variants["int8-static"]["rejected"] and "2.0 points below fp32" in variants["int8-static"]["rejected_because"]
+    assert not variants["int8-dynamic"]["rejected"] and not variants["fp32"]["rejected"]
+
+
+def test_a_bundle_altered_after_export_is_refused(small_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(small_bundle, copy)
+    Classifier(copy)  # intact
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(bundles.BundleError, match="model.onnx: sha256 does not match"):
+        Classifier(copy, variant="fp32")
+    (copy / "model.onnx").unlink()
+    with pytest.raises(bundles.BundleError, match="model.onnx: listed in bundle.json but missing"):
+        Classifier(copy)
+    with pytest.raises(bundles.BundleError, match="not a bundle"):
+        Classifier(tmp_path)
+
+
+def test_export_job_refuses_a_non_empty_bundle_and_names_the_fix(small_checkpoint, tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "jobs/export.py", str(small_checkpoint), str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_predict_prints_language_and_top_probabilities(small_bundle, tmp_path):
+    good = tmp_path / "hallo.wav"
+    good.write_bytes(espeak_wav("Guten Tag, wie geht es Ihnen heute?", "de"))
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    command = [sys.executable, "-m", "slc.apps.cli", "predict", str(good), str(bad), "--bundle", str(small_bundle)]
+    result = subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1  # one file failed; the other was still classified
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    classifier = Classifier(small_bundle)
+    expected = classifier.classify(classifier.load_audio(good))
+    assert first["path"] == str(good) and first["language"] == expected.language
+    assert first["probabilities"] == pytest.approx(expected.probabilities, abs=1e-6)
+    assert second == {"path": str(bad), "error": "undecodable", "detail": second["detail"]}
+    assert str(bad) in second["detail"]
+    text = subprocess.run(command[:-3] + ["--bundle", str(small_bundle)], capture_output=True, text=True, timeout=60)
+    assert text.stdout.startswith(f"{good}  {expected.language}  (")
