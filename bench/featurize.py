@@ -50,7 +50,7 @@ from slc.audio import load, trim_silence
 from slc.config import IngestConfig
 from slc.data.corpus import discover
 from slc.data.features import Fbank, extract
-from slc.data.ingest import featurize_batch, ingest
+from slc.data.ingest import clip_items, featurize_batch, ingest
 from slc.data.shards import features_column
 from slc.data.synth import DEFAULT_LANGS, make_corpus
 
@@ -260,18 +260,16 @@ def bench_stages(corpus: Path, ingest_audio_s: float, passes: int = 3) -> float:
     """Serial featurize_batch over the whole corpus on one core, then the same
     work split into stages, best of `passes`. Returns the serial seconds."""
     config = IngestConfig()
-    rows = [
-        {"id": c.id, "path": c.path, "lang": c.lang, "split": c.split, "group": c.group}
-        for c in discover(corpus).clips
-    ]
+    found = discover(corpus)
+    rows, filesystems = clip_items(found), [found.filesystem]
     size = config.clips_per_task
     batches = [pa.Table.from_pylist(rows[i : i + size]) for i in range(0, len(rows), size)]
-    featurize_batch(batches[0], config)  # warm-up
+    featurize_batch(batches[0], config, filesystems)  # warm-up
     total_s, stages = math.inf, {}
     for _ in range(passes):  # best of a few passes, stage by stage
         started = time.perf_counter()
         for batch in batches:
-            featurize_batch(batch, config)
+            featurize_batch(batch, config, filesystems)
         total_s = min(total_s, time.perf_counter() - started)
         for name, seconds in stage_times([b.column("path").to_pylist() for b in batches], config).items():
             stages[name] = min(stages.get(name, math.inf), seconds)

@@ -14,12 +14,16 @@ go to one split, so validation and test speakers are never heard in training.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-from collections import Counter
-from pathlib import Path
+import posixpath
+from collections import Counter, defaultdict
+from pathlib import Path, PurePath, PurePosixPath
 
+import pyarrow.fs as pafs
+
+from slc import storage
+from slc.batch import inputs
 from slc.config import SplitConfig
 from slc.labels import LabelError, LabelSet, normalize
 
@@ -38,10 +42,11 @@ class CorpusError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Clip:
     id: str  # the path relative to the corpus root, unique within the corpus
-    path: str  # absolute local path
+    path: str  # absolute local path, or URI without credentials
     lang: str  # normalised language code
     group: str
     split: str
+    source: str  # its path within the corpus's filesystem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,45 +54,54 @@ class Corpus:
     clips: list[Clip]
     labels: LabelSet
     excluded: dict[str, int]  # language -> clips outside the requested label set
+    filesystem: pafs.FileSystem  # where every clip's `source` is
+    skipped_hidden: int = 0  # hidden files under the root, not clips
 
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-    path: Path
+    path: str  # within the corpus's filesystem
     lang: str
     group: str | None = None
     split: str | None = None
 
 
 def discover(source: str | Path, labels: LabelSet | None = None, split: SplitConfig = SplitConfig()) -> Corpus:
-    """All clips of a tree or manifest, sorted by id.
+    """All clips of a tree or manifest (a local path or a URI), sorted by id.
 
     `labels` restricts the corpus to those languages, in that order; clips of
     other languages are counted in `Corpus.excluded`. Without it the label set
     is every language found.
     """
-    source = Path(source).expanduser().resolve()
-    if source.is_dir():
-        root = source
-        entries = {e.path: e for e in _walk_tree(source)}
-        manifest = next((source / n for n in MANIFEST_NAMES if (source / n).is_file()), None)
+    location = str(source)
+    fs, path = storage.resolve(location)
+    shown = inputs.shown_name(location, path)
+    kind, hidden = fs.get_file_info(path).type, 0
+    if kind == pafs.FileType.Directory:
+        root = path
+        tree = inputs.walk(fs, root)
+        hidden = tree.skipped_hidden
+        entries = {e.path: e for e in _tree_entries(tree.files, root, shown)}
+        manifests = [storage.join(root, name) for name in MANIFEST_NAMES]
+        manifest = next((m for m in manifests if fs.get_file_info(m).type == pafs.FileType.File), None)
         if manifest is not None:
-            entries.update({e.path: e for e in read_manifest(manifest)})
-    elif source.is_file():
-        root = source.parent
-        entries = {e.path: e for e in read_manifest(source)}
+            entries.update({e.path: e for e in read_manifest(fs, manifest, inputs.shown_as(shown, root, manifest))})
+    elif kind == pafs.FileType.File:
+        root = posixpath.dirname(path)
+        entries = {e.path: e for e in read_manifest(fs, path, shown)}
     else:
-        raise CorpusError(f"{source}: no such file or directory")
+        raise CorpusError(f"{shown}: no such file or directory")
     if not entries:
-        raise CorpusError(f"{source}: no audio files found (expected <root>/<lang>/**/<audio> or a manifest)")
+        raise CorpusError(f"{shown}: no audio files found (expected <root>/<lang>/**/<audio> or a manifest)")
 
-    clips = sorted((_to_clip(e, root, split) for e in entries.values()), key=lambda c: c.id)
+    shown_root = inputs.shown_as(shown, path, root)
+    clips = sorted((_to_clip(e, root, shown_root, split) for e in entries.values()), key=lambda c: c.id)
     found = LabelSet.from_found(c.lang for c in clips)
     if labels is None:
-        return Corpus(clips, found, {})
+        return Corpus(clips, found, {}, fs, hidden)
     kept = [c for c in clips if c.lang in labels]
     excluded = Counter(c.lang for c in clips if c.lang not in labels)
-    return Corpus(kept, labels, dict(sorted(excluded.items())))
+    return Corpus(kept, labels, dict(sorted(excluded.items())), fs, hidden)
 
 
 def split_of(group: str, config: SplitConfig = SplitConfig()) -> str:
@@ -100,64 +114,64 @@ def split_of(group: str, config: SplitConfig = SplitConfig()) -> str:
     return "val" if position < config.train + config.val else "test"
 
 
-def group_of(path: Path) -> str:
+def group_of(path: PurePath) -> str:
     """The YouTube id of a VoxLingua107 name (`<id>__U__S...`), else the parent folder."""
     if "__" in path.stem:
         return path.stem.split("__", 1)[0]
     return path.parent.name
 
 
-def read_manifest(manifest: Path) -> list[_Entry]:
-    """Rows of a CSV (or, by extension, TSV) manifest with `path,lang[,group][,split]`."""
-    delimiter = "\t" if manifest.suffix.lower() == ".tsv" else ","
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        missing = {"path", "lang"} - set(reader.fieldnames or ())
-        if missing:
-            raise CorpusError(f"{manifest}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
-        entries = []
-        for line, row in enumerate(reader, start=2):
-            if not (row.get("path") or "").strip():
-                raise CorpusError(f"{manifest}:{line}: empty path")
-            path = Path(row["path"].strip()).expanduser()
-            path = path if path.is_absolute() else manifest.parent / path
-            entries.append(
-                _Entry(
-                    path=path.resolve(),
-                    lang=_lang(row.get("lang") or "", f"{manifest}:{line}"),
-                    group=(row.get("group") or "").strip() or None,
-                    split=_split(row.get("split") or "", f"{manifest}:{line}"),
-                )
-            )
-    return entries
-
-
-def _walk_tree(root: Path) -> list[_Entry]:
-    entries = []
-    for lang_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [
-            p
-            for p in lang_dir.rglob("*")
-            if p.suffix.lower() in AUDIO_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(root).parts)
-        ]
-        if files:
-            lang = _lang(lang_dir.name, str(lang_dir))
-            entries.extend(_Entry(path=p.resolve(), lang=lang) for p in sorted(files))
-    return entries
-
-
-def _to_clip(entry: _Entry, root: Path, config: SplitConfig) -> Clip:
-    group = entry.group or group_of(entry.path)
+def read_manifest(fs: pafs.FileSystem, path: str, shown: str) -> list[_Entry]:
+    """Rows of a CSV (or, by extension, TSV) manifest with `path,lang[,group][,split]`
+    at `path` on `fs`; `shown` is how errors name it."""
     try:
-        clip_id = entry.path.relative_to(root).as_posix()
-    except ValueError:
-        clip_id = entry.path.as_posix()
+        rows = inputs.manifest_rows(fs, path, shown, required=("path", "lang"))
+    except inputs.InputError as error:
+        raise CorpusError(str(error)) from None
+    entries = []
+    for line, row in enumerate(rows, start=2):
+        where = f"{shown}:{line}"
+        if not (row.get("path") or "").strip():
+            raise CorpusError(f"{where}: empty path")
+        entry_fs, entry_path, _ = inputs.resolve_entry(fs, path, shown, row["path"].strip())
+        if not entry_fs.equals(fs):
+            raise CorpusError(f"{where}: {row['path'].strip()} is not on the manifest's filesystem")
+        entries.append(
+            _Entry(
+                path=entry_path,
+                lang=_lang(row.get("lang") or "", where),
+                group=(row.get("group") or "").strip() or None,
+                split=_split(row.get("split") or "", where),
+            )
+        )
+    return entries
+
+
+def _tree_entries(files: list[str], root: str, shown: str) -> list[_Entry]:
+    """The audio files of `<root>/<lang>/**`, each with its folder's language."""
+    by_lang: dict[str, list[str]] = defaultdict(list)
+    for file in files:
+        lang_dir, _, below = posixpath.relpath(file, root).partition("/")
+        if below and posixpath.splitext(file)[1].lower() in AUDIO_EXTENSIONS:
+            by_lang[lang_dir].append(file)
+    return [
+        _Entry(path=file, lang=_lang(lang_dir, inputs.shown_as(shown, root, storage.join(root, lang_dir))))
+        for lang_dir, found in sorted(by_lang.items())
+        for file in found
+    ]
+
+
+def _to_clip(entry: _Entry, root: str, shown_root: str, config: SplitConfig) -> Clip:
+    group = entry.group or group_of(PurePosixPath(entry.path))
+    relative = posixpath.relpath(entry.path, root)
+    clip_id = entry.path if relative.startswith("../") else relative
     return Clip(
         id=clip_id,
-        path=str(entry.path),
+        path=inputs.shown_as(shown_root, root, entry.path),
         lang=entry.lang,
         group=group,
         split=entry.split or split_of(group, config),
+        source=entry.path,
     )
 
 

@@ -12,18 +12,19 @@ import functools
 import logging
 import math
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
 from slc import __version__, config as cfg, storage
+from slc.batch import accounting, inputs
+from slc.batch.decode import decode_items
 from slc.data import augment
-from slc.audio import AudioError, load
 from slc.config import FeatureConfig, IngestConfig
 from slc.data.corpus import SPLITS, Corpus, discover
 from slc.data.features import Fbank, extract
@@ -55,47 +56,51 @@ def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), 
         pq.write_table(rejects.sort_by("id"), stream)
 
     summary = summarize(found, outcome, time.perf_counter() - started)
-    summary.update(corpus=str(corpus), out=storage.redact(out), slc_version=__version__)
+    summary.update(corpus=storage.redact(corpus), out=storage.redact(out), slc_version=__version__)
     storage.write_json(fs, storage.join(root, "summary.json"), summary)
     storage.write_text(fs, storage.join(root, "labels.json"), found.labels.to_json())
     storage.write_text(fs, storage.join(root, "config.json"), cfg.dumps(config))
     return summary
 
 
-def _featurize(found: Corpus, config: IngestConfig) -> ray.data.Dataset:
-    items = [
-        {"id": c.id, "path": c.path, "lang": c.lang, "split": c.split, "group": c.group} for c in found.clips
+def clip_items(found: Corpus) -> list[dict[str, Any]]:
+    """The clips of `found` as items (see `slc.batch.inputs`) on
+    `[found.filesystem]`, with their `id, lang, split, group`."""
+    return [
+        {**inputs.item(c.path, 0, c.source), "id": c.id, "lang": c.lang, "split": c.split, "group": c.group}
+        for c in found.clips
     ]
+
+
+def _featurize(found: Corpus, config: IngestConfig) -> ray.data.Dataset:
+    items = clip_items(found)
     blocks = max(1, math.ceil(len(items) / config.clips_per_task))
     return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        functools.partial(featurize_batch, config=config),
+        functools.partial(featurize_batch, config=config, filesystems=[found.filesystem]),
         batch_format="pyarrow",
         batch_size=config.clips_per_task,
     )
 
 
-def featurize_batch(batch: pa.Table, config: IngestConfig) -> pa.Table:
-    """Clips (`id, path, lang, split, group`) -> rows of CLIP_OUTCOME_SCHEMA:
+def featurize_batch(batch: pa.Table, config: IngestConfig, filesystems: list[pafs.FileSystem]) -> pa.Table:
+    """Clip items (from `clip_items`) -> rows of CLIP_OUTCOME_SCHEMA:
     features for a clip that loads, plus `config.augment.copies` augmented
     copies of a training clip; reason and detail for a clip that does not."""
     fbank = _fbank(config.features)
+    clips = batch.to_pylist()
     rows: list[dict[str, Any]] = []
-    for clip in batch.to_pylist():
-        try:
-            audio = load(clip["path"], config.audio)
-        except AudioError as error:
-            rows.append({**clip, "reason": error.reason, "detail": str(error)})
+    for clip, decoded in zip(clips, decode_items(clips, filesystems, config.audio)):
+        described = {name: clip[name] for name in ("id", "path", "lang", "split", "group")}
+        if not decoded.ok:
+            rows.append({**described, "reason": decoded.reason, "detail": decoded.detail})
             continue
-        except Exception as error:  # a bug or resource failure must not lose the other clips
-            rows.append({**clip, "reason": "failed", "detail": f"{clip['path']}: {type(error).__name__}: {error}"})
-            continue
-        versions = [(None, audio)]
+        versions = [(None, decoded.clip)]
         if clip["split"] == "train":
-            versions += augment.copies(audio, clip["id"], config.augment, config.audio.sample_rate)
+            versions += augment.copies(decoded.clip, clip["id"], config.augment, config.audio.sample_rate)
         for index, (recipe, wave) in enumerate(versions):
             features = extract(wave, fbank)
             rows.append({
-                **clip,
+                **described,
                 "id": clip["id"] if recipe is None else f"{clip['id']}#aug{index}",
                 "duration_s": len(wave) / config.audio.sample_rate,
                 "n_frames": len(features),
@@ -113,22 +118,22 @@ def _fbank(features: FeatureConfig) -> Fbank:
 
 
 def summarize(found: Corpus, outcome: pa.Table, wall_s: float) -> dict[str, Any]:
-    """Counts and hours per split and language; accepted + rejected ==
-    discovered (augmented copies are counted apart)."""
-    rows = outcome.select(["lang", "split", "duration_s", "reason", "augment"]).to_pylist()
+    """Counts and hours per split and language. Raises AccountingError unless
+    the outcome holds every discovered clip once (augmented copies are counted apart)."""
+    rows = outcome.select(["id", "lang", "split", "duration_s", "reason", "augment"]).to_pylist()
     originals = [r for r in rows if r["augment"] is None]
     copies = [r for r in rows if r["augment"] is not None]
+    accounting.reconcile((c.id for c in found.clips), (r["id"] for r in originals), "ingest")
     accepted = [r for r in originals if r["reason"] is None]
-    if len(originals) != len(found.clips):
-        raise RuntimeError(f"ingest lost clips: {len(found.clips)} discovered, {len(originals)} processed")
     splits = {split: _tally([r for r in accepted if r["split"] == split], found.labels) for split in SPLITS}
     audio_s = sum(r["duration_s"] for r in accepted)
     return {
         "discovered": len(found.clips),
         "accepted": len(accepted),
         "rejected": len(originals) - len(accepted),
-        "rejected_by_reason": dict(sorted(Counter(r["reason"] for r in originals if r["reason"]).items())),
+        "rejected_by_reason": accounting.by_reason(r["reason"] for r in originals),
         "excluded_by_label": found.excluded,
+        "skipped_hidden": found.skipped_hidden,
         "augmented": _tally(copies, found.labels),
         "labels": list(found.labels.codes),
         "splits": splits,

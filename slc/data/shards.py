@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from ray.data.block import BlockAccessor
-from ray.data.datasource.datasink import Datasink, WriteResult
+from ray.data.datasource.datasink import WriteResult
 
 from slc import storage
 from slc.batch.columns import flat_list_column
+from slc.batch.sink import PartSink
 
 SCHEMA_VERSION = 2  # 2: the augment column
 NUM_MEL_BINS = 80
@@ -63,36 +63,28 @@ class ShardError(ValueError):
     """Shards missing, or written by an incompatible version."""
 
 
-class ShardSink(Datasink[pa.Table]):
+class ShardSink(PartSink):
     """Ray Data sink for featurized clips (CLIP_OUTCOME_SCHEMA): accepted rows
-    go to `<root>/<split>/part-<task>.parquet`; every row's outcome, without its
-    features, goes back to the driver as `self.outcomes`. One pass over the
-    data, however many splits and rejects."""
+    go to crash-safe parts `<root>/<split>/part-<digest>.parquet`; every row's
+    outcome, without its features, goes back to the driver as `self.outcomes`.
+    One pass over the data, however many splits and rejects."""
 
     def __init__(self, filesystem: pafs.FileSystem, root: str, rows_per_file: int) -> None:
-        self.filesystem = filesystem
-        self.root = root
-        self.rows_per_file = rows_per_file
-        self.outcomes = pa.Table.from_pylist([], schema=CLIP_OUTCOME_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features")))
+        super().__init__(filesystem, root, pq.write_table, "parquet", rows_per_file, "id")
+        self.outcomes = CLIP_OUTCOME_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features")).empty_table()
 
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
+    def folders(self, table: pa.Table) -> list[tuple[str, pa.Table]]:
+        """Accepted rows, in SHARD_SCHEMA, under the folder of their split."""
+        accepted = table.filter(pc.is_null(table["reason"])).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+        splits = pc.unique(accepted["split"]).to_pylist()
+        return [(storage.join(self.root, s), accepted.filter(pc.equal(accepted["split"], s))) for s in splits]
 
-    def write(self, blocks, ctx) -> pa.Table:
-        table = pa.concat_tables([BlockAccessor.for_block(b).to_arrow() for b in blocks]).cast(CLIP_OUTCOME_SCHEMA)
-        accepted = table.filter(pc.is_null(table["reason"]))
-        for split in pc.unique(accepted["split"]).to_pylist():
-            rows = accepted.filter(pc.equal(accepted["split"], split)).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
-            directory = storage.join(self.root, split)
-            self.filesystem.create_dir(directory, recursive=True)
-            # Named by task: a retried task overwrites its own file.
-            with self.filesystem.open_output_stream(storage.join(directory, f"part-{ctx.task_idx:05d}.parquet")) as out:
-                pq.write_table(rows, out)
-        return table.drop_columns(["features"])
+    def returned(self, table: pa.Table) -> pa.Table:
+        return table.cast(CLIP_OUTCOME_SCHEMA).drop_columns(["features"])
 
-    def on_write_complete(self, write_result: WriteResult[pa.Table]) -> None:
-        self.outcomes = pa.concat_tables([self.outcomes, *write_result.write_returns])
+    def on_write_complete(self, write_result: WriteResult[pa.Table | None]) -> None:
+        returned = [t for t in write_result.write_returns if t is not None]
+        self.outcomes = pa.concat_tables([self.outcomes, *returned])
 
 
 def features_column(features: list[np.ndarray | None]) -> pa.Array:

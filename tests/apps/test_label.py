@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,10 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 import soxr
+from typer.testing import CliRunner
 
 from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav
+from slc.apps.cli import app
 from slc.config import LabelConfig
-from slc.apps.label import LabelError, Labeller, label, list_inputs, read_batch, read_labels
+from slc.apps.label import LabelError, Labeller, label, read_batch, read_labels
+from slc.batch.inputs import InputError, list_inputs
 from slc.runtime.classifier import Classifier
 from slc.storage import StorageError
 
@@ -137,12 +141,11 @@ def test_inputs_are_listed_from_globs_manifests_and_archives_each_once(mixed, tm
     (tmp_path / "list.txt").write_text(f"# clips\n{root}/de/a.wav\n\n{root}/pack.tar\n")
     (tmp_path / "manifest.csv").write_text(f"path,lang\n{os.path.relpath(root, tmp_path)}/en/deeper/c.wav,en\n")
     inputs = [f"{root}/de/*.wav", str(tmp_path / "list.txt"), str(tmp_path / "manifest.csv"), str(root / "de")]
-    items, _ = list_inputs(inputs)
-    assert [i["path"] for i in items] == sorted(
+    assert [i["path"] for i in list_inputs(inputs).items] == sorted(
         [f"{root}/de/a.wav", f"{root}/de/b.wav", f"{root}/en/deeper/c.wav", f"{root}/pack.tar::bad/corrupt.wav",
          f"{root}/pack.tar::good/en.wav"]
     )  # fmt: skip
-    with pytest.raises(LabelError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         list_inputs([str(root / "missing.wav")])
 
 
@@ -172,8 +175,8 @@ def test_labels_read_from_and_written_to_s3(s3, speech, small_bundle, ray_sessio
 
 def test_a_failure_while_classifying_becomes_the_error_of_its_rows(mixed, small_bundle, monkeypatch):
     root, _ = mixed
-    items, filesystems = list_inputs([str(root / "de")])
-    decoded = read_batch(pa.Table.from_pylist(items), filesystems, str(small_bundle), LabelConfig())
+    listing = list_inputs([str(root / "de")])
+    decoded = read_batch(pa.Table.from_pylist(listing.items), listing.filesystems, str(small_bundle), LabelConfig())
     labeller = Labeller(str(small_bundle), LabelConfig())
 
     def exhausted(*args, **kwargs):
@@ -183,6 +186,74 @@ def test_a_failure_while_classifying_becomes_the_error_of_its_rows(mixed, small_
     rows = labeller(decoded).to_pylist()
     assert [r["path"] for r in rows] == [f"{root}/de/a.wav", f"{root}/de/b.wav"]
     assert all(r["error"] == "failed" and r["detail"] == f"{r['path']}: MemoryError: no room for the batch" for r in rows)
+
+
+def test_a_clip_that_makes_the_model_raise_fails_alone(mixed, small_bundle, monkeypatch, caplog):
+    root, _ = mixed
+    listing = list_inputs([str(root / "de"), str(root / "en")])
+    decoded = read_batch(pa.Table.from_pylist(listing.items), listing.filesystems, str(small_bundle), LabelConfig())
+    labeller = Labeller(str(small_bundle), LabelConfig())
+    classify_features = labeller.classifier.classify_features
+    culprit = decoded["duration_s"][1].as_py()
+
+    def breaks_on_the_culprit(features, durations, *args):
+        if culprit in durations:
+            raise RuntimeError("kernel fault")
+        return classify_features(features, durations, *args)
+
+    monkeypatch.setattr(labeller.classifier, "classify_features", breaks_on_the_culprit)
+    with caplog.at_level(logging.ERROR, logger="slc.apps.label"):
+        rows = labeller(decoded).to_pylist()
+    bad = f"{root}/de/b.wav"
+    assert [r["path"] for r in rows] == [f"{root}/de/a.wav", bad, f"{root}/en/deeper/c.wav"]
+    assert (rows[1]["error"], rows[1]["detail"]) == ("failed", f"{bad}: RuntimeError: kernel fault")
+    assert [r["language"] for r in rows] == ["de", None, "en"] and rows[0]["error"] is rows[2]["error"] is None
+    assert f"classifying {bad} failed" in caplog.text and "Traceback" in caplog.text
+
+
+def test_archives_made_of_a_folder_are_labelled_and_one_without_files_is_a_row(speech, small_bundle, tmp_path, ray_session):
+    folder, hidden_only = tmp_path / "folder", tmp_path / "hidden_only"
+    (folder / "sub").mkdir(parents=True)
+    hidden_only.mkdir()
+    (folder / "sub" / "de.wav").write_bytes(speech["de"][0])
+    (folder / ".DS_Store").write_bytes(b"\0" * 64)
+    (hidden_only / "._de.wav").write_bytes(b"\0" * 64)
+    for source, archive in ((folder, "pack.tar.gz"), (hidden_only, "hidden.tgz")):
+        subprocess.run(["tar", "czf", str(tmp_path / archive), "-C", str(source), "."], check=True)
+    out = tmp_path / "out"
+    archives = [str(tmp_path / "pack.tar.gz"), str(tmp_path / "hidden.tgz")]
+    result = CliRunner().invoke(app, ["label", *archives, "--bundle", str(small_bundle), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: (r["language"], r["error"]) for r in read_labels(out).to_pylist()}
+    assert rows == {f"{tmp_path}/pack.tar.gz::sub/de.wav": ("de", None), f"{tmp_path}/hidden.tgz": (None, "no_audio")}
+    assert "listed 2 = labelled 1 + failed 1" in result.output and "skipped 2 hidden files" in result.output
+
+
+@pytest.mark.parametrize("fmt", LabelConfig.FORMATS)
+def test_resume_retries_transient_failures_and_keeps_permanent_ones(fmt, speech, small_bundle, tmp_path, ray_session):
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    (folder / "a.wav").write_bytes(speech["de"][0])
+    (folder / "b.wav").write_bytes(speech["en"][0])
+    (folder / "corrupt.wav").write_bytes(CORRUPT)
+    (folder / "list.txt").write_text("a.wav\nb.wav\ncorrupt.wav\nlate.wav\n")  # late.wav: not there yet
+    config, out = LabelConfig(format=fmt, rows_per_file=2), tmp_path / "out"
+    first = label([str(folder / "list.txt")], small_bundle, str(out), config)
+    assert (first["failed_transient"], first["failed_permanent"]) == (1, 1)
+    assert first["errors_by_reason"] == {"undecodable": 1, "unreadable": 1}
+
+    (folder / "late.wav").write_bytes(speech["en"][1])
+    resumed = label([str(folder / "list.txt")], small_bundle, str(out), config, resume=True)
+    rows = sorted(read_labels(out).to_pylist(), key=lambda r: r["path"])
+    assert [(r["path"], r["language"], r["error"]) for r in rows] == [
+        (f"{folder}/a.wav", "de", None),
+        (f"{folder}/b.wav", "en", None),
+        (f"{folder}/corrupt.wav", None, "undecodable"),
+        (f"{folder}/late.wav", "en", None),
+    ]
+    assert resumed["labelled_before"] == 3 and resumed["labelled"] == 3
+    assert (resumed["failed_transient"], resumed["failed_permanent"]) == (0, 1)
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def _assert_same_rows(ours: pa.Table, theirs: pa.Table) -> None:
@@ -263,8 +334,8 @@ def ten_minutes(tmp_path_factory, speech) -> Path:
 
 def test_a_long_recording_is_classified_by_windows_in_bounded_memory(ten_minutes, small_bundle):
     config = LabelConfig()
-    items, filesystems = list_inputs([str(ten_minutes)])
-    decoded = read_batch(pa.Table.from_pylist(items), filesystems, str(small_bundle), config)
+    listing = list_inputs([str(ten_minutes)])
+    decoded = read_batch(pa.Table.from_pylist(listing.items), listing.filesystems, str(small_bundle), config)
     assert decoded["features"].null_count == 1 and decoded["waveform"].null_count == 0  # not featurised whole
     labeller = Labeller(str(small_bundle), config)
     tracemalloc.start()
