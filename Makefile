@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first and pinned: an unpinned resolve would pull the multi-GB CUDA build.
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# The base install is the runtime side (predict, label, serve); `train` adds training and export.
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	@touch $(STAMP)
 
 espeak:
@@ -45,6 +46,7 @@ chromium:
 	fi
 
 test: setup chromium
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 demo: setup

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from slc import config as cfg
+from slc.apps import options
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Spoken language classifier on Ray.")
 
@@ -19,9 +21,22 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Spoken langu
 _USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileExistsError, FileNotFoundError, OSError)
 
 
-def _fail(error: Exception) -> typer.Exit:
+def _fail(error: Exception | str) -> typer.Exit:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     return typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _training_extra(command: str) -> Iterator[None]:
+    """Around the import of a stage that needs the `train` extra: a missing
+    third-party module becomes one line and exit status 2."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        message = options.missing_extra(command, error)
+        if message is None:
+            raise
+        raise _fail(message) from None
 
 
 @app.callback()
@@ -44,7 +59,8 @@ def synth(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Make a demo corpus of espeak-ng speech: many voices, unseen test voices and sentences."""
-    from slc.data.synth import make_corpus
+    with _training_extra("synth"):
+        from slc.data.synth import make_corpus
 
     if overwrite and out.exists():
         shutil.rmtree(out)
@@ -67,54 +83,31 @@ def synth(
 def ingest(
     corpus: Annotated[str, typer.Argument(help="Corpus tree (<root>/<lang>/**/<audio>) or CSV/TSV manifest.")],
     out: Annotated[str, typer.Argument(help="Shard directory: a path or a URI such as s3://bucket/shards.")],
-    labels: Annotated[Optional[str], typer.Option(help="Keep only these languages, in this order: de,fr,it.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="IngestConfig as YAML or JSON; flags override it.")] = None,
-    split: Annotated[Optional[str], typer.Option(help="train,val,test fractions by group, e.g. 0.8,0.1,0.1.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the group split.")] = None,
-    max_duration: Annotated[Optional[float], typer.Option(help="Reject clips longer than this (s).")] = None,
-    min_duration: Annotated[Optional[float], typer.Option(help="Reject clips shorter than this after trimming (s).")] = None,
-    trim: Annotated[Optional[bool], typer.Option("--trim/--no-trim", help="Trim leading/trailing silence.")] = None,
-    augment: Annotated[Optional[int], typer.Option(help="Augmented copies of every training clip (speed, noise, gain, band, silence, pitch).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("IngestConfig"))] = None,
+    labels: Annotated[Optional[str], typer.Option(help="Keep only these languages, in this order: de,fr,it. (default: every language the corpus brings)")] = None,
+    split: Annotated[Optional[str], typer.Option(help="train,val,test fractions by group. (default: {0.train},{0.val},{0.test})".format(cfg.SplitConfig()))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=options.with_default("Seed of the group split.", cfg.IngestConfig, "split.seed"))] = None,
+    max_duration: Annotated[Optional[float], typer.Option(help=options.with_default("Reject clips longer than this (s).", cfg.IngestConfig, "audio.max_duration_s"))] = None,
+    min_duration: Annotated[Optional[float], typer.Option(help=options.with_default("Reject clips shorter than this after trimming (s).", cfg.IngestConfig, "audio.min_duration_s"))] = None,
+    trim: Annotated[Optional[bool], typer.Option("--trim/--no-trim", help=options.with_default("Trim leading/trailing silence.", cfg.IngestConfig, "audio.trim_silence"))] = None,
+    augment: Annotated[Optional[int], typer.Option(help=options.with_default("Augmented copies of every training clip (speed, noise, gain, band, silence, pitch).", cfg.IngestConfig, "augment.copies"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Featurize a corpus into Parquet shards per split, with rejects and a summary."""
-    from slc.data.ingest import ingest as run_ingest
+    with _training_extra("ingest"):
+        from slc.data.ingest import ingest as run_ingest
 
     try:
-        settings = cfg.load(cfg.IngestConfig, config) if config else cfg.IngestConfig()
-        settings = _override_ingest(settings, labels, split, seed, max_duration, min_duration, trim, augment)
+        flags = {
+            "labels": options.codes(labels), **options.split_fractions(split), "split.seed": seed,
+            "audio.max_duration_s": max_duration, "audio.min_duration_s": min_duration,
+            "audio.trim_silence": trim, "augment.copies": augment,
+        }  # fmt: skip
+        settings = cfg.resolve(cfg.IngestConfig, config, flags)
         summary = run_ingest(corpus, out, settings, overwrite=overwrite)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(format_ingest_summary(summary))
-
-
-def _override_ingest(
-    settings: cfg.IngestConfig,
-    labels: str | None,
-    split: str | None,
-    seed: int | None,
-    max_duration: float | None,
-    min_duration: float | None,
-    trim: bool | None,
-    augment: int | None,
-) -> cfg.IngestConfig:
-    audio = settings.audio
-    if max_duration is not None:
-        audio = dataclasses.replace(audio, max_duration_s=max_duration)
-    if min_duration is not None:
-        audio = dataclasses.replace(audio, min_duration_s=min_duration)
-    if trim is not None:
-        audio = dataclasses.replace(audio, trim_silence=trim)
-    split_config = settings.split
-    if split is not None:
-        train, val, test = (float(x) for x in split.split(","))
-        split_config = dataclasses.replace(split_config, train=train, val=val, test=test)
-    if seed is not None:
-        split_config = dataclasses.replace(split_config, seed=seed)
-    codes = tuple(c.strip() for c in labels.split(",") if c.strip()) if labels else settings.labels
-    augment_config = settings.augment if augment is None else dataclasses.replace(settings.augment, copies=augment)
-    return dataclasses.replace(settings, audio=audio, split=split_config, labels=codes, augment=augment_config)
 
 
 def format_ingest_summary(summary: dict) -> str:
@@ -149,50 +142,44 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-PRESET_HELP = (
-    "Encoder size: tiny (1.3 M parameters, for CPUs and tests), small (17.5 M, the s2t-small encoder), "
-    "base (44.0 M, the size of the 188 MB reference model)."
-)
-
-
 @app.command()
 def train(
     shards: Annotated[str, typer.Argument(help="Shard directory written by `slc ingest` (path or URI).")],
     out: Annotated[str, typer.Argument(help="Run directory: Ray Train's checkpoints under run/, the best in best/.")],
-    preset: Annotated[str, typer.Option(help=PRESET_HELP)] = "tiny",
+    config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("TrainConfig"))] = None,
+    preset: Annotated[Optional[str], typer.Option(help=options.PRESET_HELP)] = None,
     init_from: Annotated[Optional[str], typer.Option(help="Speech2Text checkpoint (save_pretrained directory or hub name) for the encoder.")] = None,
-    workers: Annotated[int, typer.Option(help="Ray Train workers (DDP).")] = 1,
-    epochs: Annotated[int, typer.Option()] = 50,
-    batch_size: Annotated[int, typer.Option(help="Clips per worker per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="AdamW peak learning rate.")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option()] = 0.01,
-    warmup_ratio: Annotated[float, typer.Option(help="Share of steps of linear warmup before linear decay.")] = 0.1,
-    label_smoothing: Annotated[float, typer.Option()] = 0.1,
-    max_frames: Annotated[int, typer.Option(help="Random crop of training clips, in 10 ms frames.")] = 600,
-    balance: Annotated[str, typer.Option(help="Class imbalance: weights (loss weights) or none.")] = "weights",
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val F1.")] = None,
-    gpu: Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Default: use GPUs when the cluster has them.")] = None,
-    cpus_per_worker: Annotated[Optional[float], typer.Option()] = None,
-    max_failures: Annotated[int, typer.Option(help="Worker failures to recover from (resume from the last checkpoint).")] = 0,
-    keep: Annotated[int, typer.Option(help="Checkpoints kept: the best by val F1 (plus the latest).")] = 2,
-    seed: Annotated[int, typer.Option()] = 0,
-    config: Annotated[Optional[Path], typer.Option(help="TrainConfig as YAML or JSON; flags given override it.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help=options.with_default("Ray Train workers (DDP).", cfg.TrainConfig, "workers"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=options.with_default("Passes over the training shards.", cfg.TrainConfig, "epochs"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=options.with_default("Clips per worker per step.", cfg.TrainConfig, "batch_size"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help=options.with_default("AdamW peak learning rate.", cfg.TrainConfig, "lr"))] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help=options.with_default("AdamW weight decay.", cfg.TrainConfig, "weight_decay"))] = None,
+    warmup_ratio: Annotated[Optional[float], typer.Option(help=options.with_default("Share of steps of linear warmup before linear decay.", cfg.TrainConfig, "warmup_ratio"))] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help=options.with_default("Cross-entropy label smoothing.", cfg.TrainConfig, "label_smoothing"))] = None,
+    max_frames: Annotated[Optional[int], typer.Option(help=options.with_default("Random crop of training clips, in 10 ms frames.", cfg.TrainConfig, "max_frames"))] = None,
+    balance: Annotated[Optional[str], typer.Option(help=options.with_default("Class imbalance: weights (loss weights) or none.", cfg.TrainConfig, "balance"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many epochs without a better val F1. (default: train every epoch)")] = None,
+    gpu: Annotated[Optional[bool], typer.Option("--gpu/--no-gpu", help="Train on GPUs. (default: when the cluster has them)")] = None,
+    cpus_per_worker: Annotated[Optional[float], typer.Option(help="Logical CPUs per worker. (default: 1, or less so Ray Data keeps a CPU)")] = None,
+    max_failures: Annotated[Optional[int], typer.Option(help=options.with_default("Worker failures to recover from (resume from the last checkpoint).", cfg.TrainConfig, "max_failures"))] = None,
+    keep: Annotated[Optional[int], typer.Option(help=options.with_default("Checkpoints kept: the best by val F1 (plus the latest).", cfg.TrainConfig, "keep_checkpoints"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=options.with_default("Seed of weights, crops and masks.", cfg.TrainConfig, "seed"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its latest checkpoint.")] = False,
 ) -> None:
     """Train the classifier on Ray Train; the best checkpoint by val macro F1 goes to OUT/best."""
-    from slc.training.loop import train as run_train
+    with _training_extra("train"):
+        from slc.training.loop import train as run_train
 
     try:
-        base = cfg.load(cfg.TrainConfig, config) if config else cfg.TrainConfig()
-        settings = dataclasses.replace(
-            base,
-            model=cfg.ModelConfig.preset(preset, init_from=init_from),
-            workers=workers, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-            warmup_ratio=warmup_ratio, label_smoothing=label_smoothing, max_frames=max_frames, balance=balance,
-            patience=patience, use_gpu=gpu, cpus_per_worker=cpus_per_worker, max_failures=max_failures,
-            keep_checkpoints=keep, seed=seed,
-        )
+        flags = {
+            **options.preset_shape(preset), "model.init_from": init_from, "workers": workers, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "warmup_ratio": warmup_ratio,
+            "label_smoothing": label_smoothing, "max_frames": max_frames, "balance": balance, "patience": patience,
+            "use_gpu": gpu, "cpus_per_worker": cpus_per_worker, "max_failures": max_failures,
+            "keep_checkpoints": keep, "seed": seed,
+        }  # fmt: skip
+        settings = cfg.resolve(cfg.TrainConfig, config, flags)
         best = run_train(shards, out, settings, overwrite=overwrite, resume=resume)
     except _USER_ERRORS as error:
         raise _fail(error) from None
@@ -209,7 +196,8 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Shard split to evaluate.")] = "test",
 ) -> None:
     """Score a checkpoint on unseen clips: precision, recall, F1, IoU, confusion matrix, curves."""
-    from slc.training.evaluation import evaluate as run_evaluate
+    with _training_extra("evaluate"):
+        from slc.training.evaluation import evaluate as run_evaluate
 
     try:
         metrics = run_evaluate(checkpoint, shards, out, split=split)
@@ -228,13 +216,20 @@ def export(
     checkpoint: Annotated[str, typer.Argument(help="Checkpoint directory (or URI), e.g. RUN/best.")],
     bundle: Annotated[Path, typer.Argument(help="Bundle directory: features.onnx, model*.onnx, bundle.json, report.md.")],
     shards: Annotated[Optional[str], typer.Option(help="Shards for calibration (val) and scoring (test); default: those the checkpoint was trained on.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("ExportConfig"))] = None,
+    max_f1_loss: Annotated[Optional[float], typer.Option(help=options.with_default("A variant losing more macro F1 than this against fp32 is rejected.", cfg.ExportConfig, "max_f1_loss"))] = None,
+    calibration_clips: Annotated[Optional[int], typer.Option(help=options.with_default("Validation clips for static int8 calibration.", cfg.ExportConfig, "calibration_clips"))] = None,
+    latency_repeats: Annotated[Optional[int], typer.Option(help=options.with_default("Timed runs of one 4 s clip per variant.", cfg.ExportConfig, "latency_repeats"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace BUNDLE if it has contents.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX with optimised and quantized variants, each scored and timed."""
-    from slc.export.exporter import ExportError, export_bundle, variants_table
+    with _training_extra("export"):
+        from slc.export.exporter import ExportError, export_bundle, variants_table
 
     try:
-        manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite)
+        flags = {"max_f1_loss": max_f1_loss, "calibration_clips": calibration_clips, "latency_repeats": latency_repeats}
+        settings = cfg.resolve(cfg.ExportConfig, config, flags)
+        manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite, config=settings)
     except _USER_ERRORS + (ExportError,) as error:
         raise _fail(error) from None
     typer.echo(variants_table(manifest))
@@ -299,32 +294,31 @@ def format_prediction(path: str, prediction, top_k: int) -> str:
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory written by `slc export`.")],
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")] = cfg.ServeConfig.host,
-    port: Annotated[int, typer.Option(help="HTTP port.")] = cfg.ServeConfig.port,
+    config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("ServeConfig"))] = None,
+    host: Annotated[Optional[str], typer.Option(help=options.with_default("Address to listen on; 0.0.0.0 for every interface.", cfg.ServeConfig, "host"))] = None,
+    port: Annotated[Optional[int], typer.Option(help=options.with_default("HTTP port.", cfg.ServeConfig, "port"))] = None,
     variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
-    replicas: Annotated[int, typer.Option(help="Replicas, each holding the model.")] = cfg.ServeConfig.num_replicas,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads (and CPUs) per replica.")] = cfg.ServeConfig.threads,
-    max_batch_size: Annotated[int, typer.Option(help="Requests classified together.")] = cfg.ServeConfig.max_batch_size,
+    replicas: Annotated[Optional[int], typer.Option(help=options.with_default("Replicas, each holding the model.", cfg.ServeConfig, "num_replicas"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads (and CPUs) per replica.", cfg.ServeConfig, "threads"))] = None,
+    max_batch_size: Annotated[Optional[int], typer.Option(help=options.with_default("Requests classified together.", cfg.ServeConfig, "max_batch_size"))] = None,
     once: Annotated[Optional[Path], typer.Option(help="Start, classify this audio file over HTTP, print the answer, stop.")] = None,
 ) -> None:
     """Serve a bundle over HTTP with Ray Serve: POST /v1/classify, a web page at /. Ctrl-C stops."""
     from slc.apps.serve import classify_once, run
 
     try:
-        config = cfg.ServeConfig(
-            host=host,
-            port=port,
-            variant=variant,
-            num_replicas=replicas,
-            threads=threads,
-            num_cpus=float(threads),
-            max_batch_size=max_batch_size,
-            max_ongoing_requests=max(cfg.ServeConfig.max_ongoing_requests, 2 * max_batch_size),
-        )
+        base = cfg.resolve(cfg.ServeConfig, config, {})
+        settings = cfg.override(base, {
+            "host": host, "port": port, "variant": variant, "num_replicas": replicas,
+            "threads": threads, "num_cpus": None if threads is None else float(threads),
+            "max_batch_size": max_batch_size,
+            # Room for two batches in a replica's queue, or batches never fill.
+            "max_ongoing_requests": None if max_batch_size is None else max(base.max_ongoing_requests, 2 * max_batch_size),
+        })  # fmt: skip
         if once is None:
-            run(bundle, config)
+            run(bundle, settings)
             return
-        status, answer = classify_once(bundle, once, config)
+        status, answer = classify_once(bundle, once, settings)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(f"{once}: HTTP {status} {json.dumps(answer)}")
@@ -337,19 +331,20 @@ def label(
     inputs: Annotated[list[str], typer.Argument(help="Directories, globs, .tar/.tar.gz/.zip archives, manifests (CSV with a path column, or a .txt of paths) or URIs such as s3://bucket/audio.")],
     bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
     out: Annotated[str, typer.Option(help="Output directory: a path or a URI such as s3://bucket/labels.")],
-    fmt: Annotated[str, typer.Option("--format", help="parquet, csv or jsonl.")] = "parquet",
+    config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("LabelConfig"))] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=options.with_default("parquet, csv or jsonl.", cfg.LabelConfig, "format"))] = None,
     variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
-    top_k: Annotated[int, typer.Option(help="Probabilities kept per file, highest first.")] = 3,
-    segments: Annotated[bool, typer.Option(help="A timeline of languages per file, from sliding windows.")] = False,
-    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help=options.with_default("Probabilities kept per file, highest first.", cfg.LabelConfig, "top_k"))] = None,
+    segments: Annotated[Optional[bool], typer.Option("--segments/--no-segments", help=options.with_default("A timeline of languages per file, from sliding windows.", cfg.LabelConfig, "segments"))] = None,
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr. (default: all)")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
     max_duration: Annotated[Optional[float], typer.Option(help="Longest recording accepted (s); default: the bundle's.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Classifier actors.")] = 1,
-    threads: Annotated[int, typer.Option(help="onnxruntime threads per actor.")] = 1,
-    cpus_per_actor: Annotated[float, typer.Option(help="Logical CPUs per classifier actor.")] = 1.0,
-    cpus_per_task: Annotated[float, typer.Option(help="Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.")] = 0.5,
-    files_per_task: Annotated[int, typer.Option(help="Files per read task.")] = 16,
-    rows_per_file: Annotated[int, typer.Option(help="Rows per output file: what an interrupted run keeps.")] = 256,
+    concurrency: Annotated[Optional[int], typer.Option(help=options.with_default("Classifier actors.", cfg.LabelConfig, "concurrency"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads per actor.", cfg.LabelConfig, "threads"))] = None,
+    cpus_per_actor: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per classifier actor.", cfg.LabelConfig, "cpus_per_actor"))] = None,
+    cpus_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.", cfg.LabelConfig, "cpus_per_task"))] = None,
+    files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Files per read task.", cfg.LabelConfig, "files_per_task"))] = None,
+    rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Rows per output file: what an interrupted run keeps.", cfg.LabelConfig, "rows_per_file"))] = None,
     resume: Annotated[bool, typer.Option(help="Skip the files OUT already has (same bundle and settings).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
@@ -357,13 +352,13 @@ def label(
     from slc.apps.label import format_summary, label as run_label
 
     try:
-        settings = cfg.LabelConfig(
-            variant=variant, format=fmt, top_k=top_k, segments=segments,
-            allow=tuple(c.strip() for c in (allow or "").split(",") if c.strip()),
-            min_confidence=min_confidence, max_duration_s=max_duration, concurrency=concurrency, threads=threads,
-            cpus_per_actor=cpus_per_actor, cpus_per_task=cpus_per_task, files_per_task=files_per_task,
-            rows_per_file=rows_per_file,
-        )  # fmt: skip
+        flags = {
+            "variant": variant, "format": fmt, "top_k": top_k, "segments": segments, "allow": options.codes(allow),
+            "min_confidence": min_confidence, "max_duration_s": max_duration, "concurrency": concurrency,
+            "threads": threads, "cpus_per_actor": cpus_per_actor, "cpus_per_task": cpus_per_task,
+            "files_per_task": files_per_task, "rows_per_file": rows_per_file,
+        }  # fmt: skip
+        settings = cfg.resolve(cfg.LabelConfig, config, flags)
         summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite)
     except _USER_ERRORS as error:
         raise _fail(error) from None
