@@ -19,9 +19,7 @@ import math
 import os
 import random
 import re
-import shutil
 import string
-import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -29,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from faker import Faker
+
+from slc.data import espeak
 
 DEFAULT_LANGS = ("de", "en", "fr", "it")
 
@@ -46,7 +46,6 @@ _SECONDS = (2.6, 6.5)
 # with its space, and a digit expands into a spoken number several times longer.
 _CHARS_PER_WORD = 6.0
 _DIGIT_WEIGHT = 6
-_PROBE_TEXT = "one two three, a e i o u."
 
 _LOCALES = {"de": "de_DE", "en": "en_US", "fr": "fr_FR", "it": "it_IT"}
 # Which Faker provider each field comes from; a field whose provider falls back
@@ -86,14 +85,6 @@ _FRAMES = {
 }
 
 
-class EspeakNotFound(RuntimeError):
-    """espeak-ng is not installed or not on PATH."""
-
-
-class SynthesisError(RuntimeError):
-    """An espeak-ng run failed; the message holds its command line and stderr."""
-
-
 @dataclass(frozen=True)
 class SynthSummary:
     """What `make_corpus` wrote: clip and voice (group) counts by split, then language."""
@@ -115,111 +106,6 @@ class _Clip:
     rate: int
     pitch: int
     amplitude: int
-
-
-def _espeak() -> str:
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        raise EspeakNotFound("espeak-ng is not installed: run `apt-get install -y espeak-ng`")
-    return exe
-
-
-def _run(args: list[str], stdin: bytes = b"") -> bytes:
-    done = subprocess.run(args, input=stdin, capture_output=True, check=False)
-    if done.returncode != 0:
-        raise SynthesisError(f"{' '.join(args)} exited with {done.returncode}: "
-                             f"{done.stderr.decode(errors='replace').strip()}")
-    return done.stdout
-
-
-def _system_data(exe: str) -> Path:
-    """The espeak-ng-data directory the installed espeak-ng reads."""
-    found = re.search(r"Data at:\s*(\S.*)$", _run([exe, "--version"]).decode(), re.MULTILINE)
-    if found is None or not Path(found.group(1)).is_dir():
-        raise EspeakNotFound("cannot find espeak-ng's data directory; "
-                             "reinstall it: `apt-get install -y espeak-ng`")
-    return Path(found.group(1))
-
-
-def _accents(exe: str, lang: str) -> list[tuple[str, str]]:
-    """lang -> [(language code, voice file)] for every espeak-ng variant of it,
-    e.g. ("en-gb-scotland", "gmw/en-GB-scotland"). MBROLA voices are left out:
-    they need the separate mbrola program and voice databases."""
-    accents = {}
-    for line in _run([exe, f"--voices={lang}"]).decode().splitlines()[1:]:
-        row = re.match(r"\s*\d+\s+(\S+)\s+\S+\s+\S+\s+(\S+)", line)
-        if row is None:
-            continue
-        code, file = row.groups()
-        if (code == lang or code.startswith(f"{lang}-")) and not file.startswith("mb/"):
-            accents.setdefault(code, file)
-    return sorted(accents.items())
-
-
-def _shipped_variants(exe: str) -> dict[str, str]:
-    """Safe name -> file name under voices/!v of every variant espeak-ng ships."""
-    variants = {}
-    for line in _run([exe, "--voices=variant"]).decode().splitlines():
-        found = re.search(r"!v/(.+?)\s*(\(.*\))?\s*$", line)
-        if found:
-            variants[re.sub(r"[^A-Za-z0-9_.-]", "_", found.group(1))] = found.group(1)
-    return variants
-
-
-def _data_dir(root: Path, system: Path, shipped: dict[str, str]) -> Path:
-    """Build root/espeak-ng-data: links to the system data, with a voices/!v of
-    links to the shipped variants under safe names, where generated ones can be
-    written without touching the system. Returns root, espeak-ng's --path."""
-    data = root / "espeak-ng-data"
-    variants = data / "voices" / "!v"
-    variants.mkdir(parents=True)
-    for entry in system.iterdir():
-        if entry.name != "voices":
-            (data / entry.name).symlink_to(entry)
-    for entry in (system / "voices").iterdir():
-        if entry.name != "!v":
-            (data / "voices" / entry.name).symlink_to(entry)
-    for name, file in shipped.items():
-        (variants / name).symlink_to(system / "voices" / "!v" / file)
-    return root
-
-
-def _distinct(exe: str, path: Path, accent: str, names: Sequence[str]) -> list[str]:
-    """Variants whose probe audio differs from the plain voice and from each
-    other: several shipped ones sound identical (klatt, klatt6, caleb), and a
-    voice split between train and test would leak."""
-    seen = {_run([exe, f"--path={path}", "-v", accent, "--stdout", _PROBE_TEXT])}
-    kept = []
-    for name in sorted(names):
-        audio = _run([exe, f"--path={path}", "-v", f"{accent}+{name}", "--stdout", _PROBE_TEXT])
-        if audio not in seen:
-            seen.add(audio)
-            kept.append(name)
-    return kept
-
-
-def _variant_file(rng: random.Random, name: str) -> str:
-    """The text of an espeak-ng variant file for an invented speaker: formants
-    scaled together as one vocal tract then jittered, with its own pitch, breath,
-    flutter and roughness (format of voices/!v/* in espeak-ng-data)."""
-    female = rng.random() < 0.5
-    base = rng.randint(150, 230) if female else rng.randint(70, 130)
-    tract = rng.uniform(1.05, 1.25) if female else rng.uniform(0.85, 1.05)
-    lines = ["language variant", f"name {name}", f"gender {'female' if female else 'male'}",
-             f"pitch {base} {base + rng.randint(30, 110)}"]
-    for k in range(9):
-        scale = tract if 1 <= k <= 5 else 1.0
-        lines.append(f"formant {k} {round(100 * scale * rng.uniform(0.93, 1.07))} "
-                     f"{rng.randint(70, 130)} {rng.randint(80, 150)}")
-    lines += [f"flutter {rng.randint(0, 30)}", f"roughness {rng.randint(0, 5)}",
-              f"voicing {rng.randint(75, 125)}", f"consonants {rng.randint(80, 120)}"]
-    if rng.random() < 0.35:
-        lines.append("breath " + " ".join(str(rng.randint(0, 4)) for _ in range(8)))
-    if rng.random() < 0.2:
-        lines.append(f"echo {rng.randint(40, 140)} {rng.randint(5, 15)}")
-    if rng.random() < 0.15:
-        lines.append(f"klatt {rng.randint(1, 4)}")
-    return "\n".join(lines) + "\n"
 
 
 def _split_counts(total: int, fractions: Sequence[float]) -> dict[str, int]:
@@ -372,12 +258,12 @@ def _plan(accents: dict[str, list[tuple[str, str]]], texts: dict[str, _Texts],
                         split=split, text=texts[lang].utterance(split, rate), voice=voice,
                         rate=rate, pitch=rng.randint(*_PITCH), amplitude=rng.randint(*_AMPLITUDE)))
                     index += 1
-    return clips, {name: _variant_file(rng, name) for name in generated}
+    return clips, {name: espeak.variant_file(rng, name) for name in generated}
 
 
 def _speak(exe: str, path: Path, clip: _Clip, wav: Path) -> None:
     """Synthesise `clip` into `wav` (espeak-ng's 22050 Hz 16-bit mono WAV)."""
-    _run([exe, f"--path={path}", "-b", "1", "-v", clip.voice, "-s", str(clip.rate),
+    espeak.run([exe, f"--path={path}", "-b", "1", "-v", clip.voice, "-s", str(clip.rate),
           "-p", str(clip.pitch), "-a", str(clip.amplitude), "-w", str(wav), "--stdin"],
          clip.text.encode("utf-8"))
 
@@ -441,8 +327,8 @@ def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int =
     out = Path(out)
     langs = tuple(dict.fromkeys([langs] if isinstance(langs, str) else langs))
     _check(langs, per_lang, fractions, out)
-    exe = _espeak()
-    accents = {lang: _accents(exe, lang) for lang in langs}
+    exe = espeak.executable()
+    accents = {lang: espeak.accents(exe, lang) for lang in langs}
     unknown = [lang for lang, found in accents.items() if not found]
     if unknown:
         raise ValueError(f"espeak-ng has no voice for {', '.join(map(repr, unknown))}; "
@@ -450,9 +336,9 @@ def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int =
     rng = random.Random(seed)
     texts = {lang: _Texts(lang, fractions, rng) for lang in langs}
     with tempfile.TemporaryDirectory(prefix="slc-espeak-") as tmp:
-        shipped = _shipped_variants(exe)
-        path = _data_dir(Path(tmp), _system_data(exe), shipped)
-        variants = _distinct(exe, path, accents[langs[0]][0][1], list(shipped))
+        shipped = espeak.shipped_variants(exe)
+        path = espeak.data_dir(Path(tmp), espeak.system_data(exe), shipped)
+        variants = espeak.distinct(exe, path, accents[langs[0]][0][1], list(shipped))
         clips, generated = _plan(accents, texts, variants, per_lang, fractions, rng)
         for name, text in generated.items():
             (path / "espeak-ng-data" / "voices" / "!v" / name).write_text(text, encoding="utf-8")

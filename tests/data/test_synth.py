@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from slc.data import synth
-from slc.data.synth import DEFAULT_LANGS, EspeakNotFound, make_corpus
+from slc.data import espeak, synth
+from slc.data.espeak import EspeakNotFound
+from slc.data.synth import DEFAULT_LANGS, make_corpus
 
 PER_LANG = 12
 
@@ -145,12 +146,12 @@ def test_missing_espeak_says_how_to_install(tmp_path, monkeypatch):
 def test_generated_variants_change_the_audio(tmp_path):
     # espeak-ng silently falls back to the plain voice for a variant it cannot
     # load, so an invented variant counts only if its audio differs.
-    exe = synth._espeak()
-    path = synth._data_dir(tmp_path / "data", synth._system_data(exe), {})
+    exe = espeak.executable()
+    path = espeak.data_dir(tmp_path / "data", espeak.system_data(exe), {})
     rng = random.Random(0)
     variants = path / "espeak-ng-data" / "voices" / "!v"
     for name in ("gen000", "gen001"):
-        (variants / name).write_text(synth._variant_file(rng, name))
+        (variants / name).write_text(espeak.variant_file(rng, name))
     audio = set()
     for i, voice in enumerate(("gmw/de", "gmw/de+gen000", "gmw/de+gen001")):
         clip = synth._Clip(path=f"{i}.wav", lang="de", group="g", split="train",
