@@ -345,7 +345,7 @@ def label(
     cpus_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.", cfg.LabelConfig, "cpus_per_task"))] = None,
     files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Files per read task.", cfg.LabelConfig, "files_per_task"))] = None,
     rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Rows per output file: what an interrupted run keeps.", cfg.LabelConfig, "rows_per_file"))] = None,
-    resume: Annotated[bool, typer.Option(help="Skip the files OUT already has (same bundle and settings).")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip the files OUT already has an answer for (same bundle and settings); retry those that failed for a transient reason (unreadable, failed).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Label audio archives on Ray Data: one row per file, its language or why it has none."""
