@@ -1,8 +1,10 @@
 """Train on a Ray cluster:
 
-    ray job submit --working-dir . -- python jobs/train.py SHARDS OUT --preset tiny --workers 2
+    ray job submit --working-dir . -- python jobs/train.py SHARDS OUT --preset small --workers 4 --gpu
 
-Takes the arguments of `slc train`.
+Takes the arguments of `slc train`. `--gpu` asks for one GPU per worker, which
+is what makes an autoscaling cluster start GPU nodes (the run waits for them);
+without it the run trains on CPU unless the cluster has GPUs when it starts.
 """
 
 import sys

@@ -96,13 +96,20 @@ def test_every_node_type_names_an_image(prepared):
 
 
 def test_every_node_installs_this_package(prepared, pyproject):
-    torch = _pinned("torch", pyproject["project"]["dependencies"])
+    extras = pyproject["project"].get("optional-dependencies", {})
+    # Nodes train and export: they need the extra holding torch and transformers, when there is one.
+    needed = {"train"} & set(extras)
+    torch = _pinned("torch", pyproject["project"]["dependencies"] + extras.get("train", []))
+    repo = rf"(~|\$HOME){re.escape(REPO_ON_NODE[1:])}(\[(?P<extras>[\w,-]*)\])?"
     for name, commands in _setup_commands(prepared).items():
         words = [shlex.split(c) for c in commands]
-        assert any(
-            "pip" in w and "install" in w and REPO_ON_NODE in w[1:] and w[w.index(REPO_ON_NODE, 1) - 1] == "-e"
-            for w in words
-        ), f"{name} never runs `pip install -e {REPO_ON_NODE}`: {commands}"
+        installed = [
+            re.fullmatch(repo, w[i + 1]) for w in words if "pip" in w and "install" in w
+            for i in range(1, len(w) - 1) if w[i] == "-e"
+        ]  # fmt: skip
+        assert any(m and needed <= set((m["extras"] or "").split(",")) for m in installed), (
+            f"{name} never runs `pip install -e {REPO_ON_NODE}` with the extras {sorted(needed)}: {commands}"
+        )
         assert any(f"torch=={torch}" in c for c in commands), f"{name} does not install torch=={torch}"
         # The launcher and `ray job submit` on this machine talk to the cluster's Ray.
         assert any(f"=={ray.__version__}" in c and "ray[" in c for c in commands), (
@@ -135,3 +142,18 @@ def test_token_auth_on_every_node(prepared):
     assert "--head" in head and "--autoscaling-config=~/ray_bootstrap_config.yaml" in head
     port = re.search(r"--port=(\d+)", head).group(1)
     assert f"--address=$RAY_HEAD_IP:{port}" in worker
+
+
+def test_readme_cluster_training_asks_for_the_gpus_the_cluster_can_start(prepared):
+    """GPU workers scale from zero, so a training job that does not ask for GPUs
+    trains on CPU; one asking for more than the GPU types allow is refused."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run on a cluster", 1)[1].split("\n## ", 1)[0]
+    commands = [" ".join(shlex.split(c.replace("\\\n", " "))) for c in re.findall(r"ray job submit[^\n]*\\\n[^\n]*", section)]
+    train = [shlex.split(c) for c in commands if "jobs/train.py" in c]
+    assert train, f"no `jobs/train.py` job in README's 'Run on a cluster': {commands}"
+    capacity = sum(t["max_workers"] * _gpus(t) for t in _workers(prepared).values())
+    for words in train:
+        assert "--gpu" in words, f"README's cluster training job does not pass --gpu: {' '.join(words)}"
+        workers = int(words[words.index("--workers") + 1]) if "--workers" in words else 1
+        assert 1 <= workers <= capacity, f"--workers {workers}, but cluster.yaml allows {capacity} GPU nodes"

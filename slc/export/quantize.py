@@ -7,8 +7,8 @@ Variants (onnxruntime.quantization and onnxruntime's fp16 converter):
     int8-matmul    QDQ int8 on MatMul only, per channel, calibrated likewise
     fp16           float16 weights and arithmetic, float32 inputs and outputs
 
-Each variant, and the fp32 graph it came from, is scored on the test clips
-(macro F1, IoU) and timed on one 4 s clip on one thread.
+Each variant, and the fp32 graph it came from, is scored on the validation
+and test clips (macro F1, IoU) and timed on one 4 s clip on one thread.
 """
 
 from __future__ import annotations
@@ -113,6 +113,27 @@ def score(
         predicted += probabilities.argmax(axis=1).tolist()
         truth += targets.tolist()
     return classification_metrics(truth, predicted, labels)
+
+
+def measure(
+    path: Path,
+    splits: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+    labels: LabelSet,
+    clip_4s: Batch,
+    repeats: int,
+) -> dict[str, Any]:
+    """One variant's row of the manifest: macro F1, IoU and accuracy on each of
+    `splits` (name -> labelled batches) as `{split}_macro_f1` etc., size, and
+    the p50 latency of `clip_4s` on one thread."""
+    session = bundles.session(path, threads=1)  # one thread: the latency column's terms
+    row: dict[str, Any] = {"file": path.name}
+    for split, batches in splits.items():
+        metrics = score(session, batches, labels)
+        row.update({f"{split}_macro_f1": metrics["macro"]["f1"], f"{split}_iou": metrics["macro"]["iou"],
+                    f"{split}_accuracy": metrics["accuracy"]})  # fmt: skip
+    row["size_mb"] = round(size_mb(path), 3)
+    row["p50_ms"] = round(latency_ms(session, clip_4s, repeats), 3)
+    return row
 
 
 def p50_ms(run: Callable[[], object], repeats: int) -> float:

@@ -3,7 +3,8 @@ the label set and the metrics, in one directory that Ray Train manages.
 
     model.safetensors   classifier weights
     optimizer.safetensors + training_state.json   what resuming needs
-    config.json         {"train": TrainConfig, "features": FeatureConfig}
+    config.json         {"train": TrainConfig, "features": FeatureConfig}; its
+                        model is the shape that was built (a pretrained encoder's)
     labels.json, metrics.json
 """
 

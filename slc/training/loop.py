@@ -10,6 +10,7 @@ latest checkpoint, as does Ray after a worker failure (`max_failures`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -24,13 +25,12 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file
 from transformers import get_linear_schedule_with_warmup
 
 from slc import config as cfg, storage
-from slc.training import checkpoint as ckpt
+from slc.training import checkpoint as ckpt, placement
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
 from slc.training.batches import COLUMNS, batches, class_weights
 from slc.labels import LabelSet
@@ -49,6 +49,11 @@ def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, r
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
     ingest_config = cfg.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
     fs, root = _prepare_run_dir(out, overwrite, resume)
+    if not ray.is_initialized():
+        ray.init()
+    scaling_config, device = placement.scaling(config, ray.cluster_resources())
+    # First in the job log: a run meant for GPUs must not train on CPU unnoticed.
+    (log.info if scaling_config.use_gpu or config.use_gpu is False else log.warning)("%s", device)
 
     # Epoch lines are the progress of a run; per-dataset bars would drown them.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -70,16 +75,10 @@ def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, r
         "train_rows": sum(counts.values()),
         "shards": storage.redact(shards),
     }
-    resources = ray.cluster_resources()
-    use_gpu = config.use_gpu if config.use_gpu is not None else resources.get("GPU", 0) > 0
-    # Workers holding every CPU starve Ray Data's read tasks and the run waits forever.
-    cpus = config.cpus_per_worker or min(1.0, max(0.25, (resources.get("CPU", 1) - 1) / config.workers))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
-        ),
+        scaling_config=scaling_config,
         run_config=RunConfig(
             name=RUN_NAME,
             storage_path=root,
@@ -122,18 +121,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
 
-    model = LanguageClassifier.build(config.model, len(labels))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(loop_config["train_rows"] / (world * config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            model.load_state_dict(load_file(Path(directory) / "model.safetensors"))
-            last_epoch, history = ckpt.load_training_state(Path(directory), optimizer, scheduler)
-            start_epoch = last_epoch + 1
+    model, optimizer, scheduler, start_epoch, history = _start(config, len(labels), loop_config["train_rows"], world)
+    # Checkpoints record the shape that was built (a pretrained encoder's with
+    # init_from), so loading one never needs the pretrained files.
+    config = dataclasses.replace(config, model=model.config)
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     weights = loop_config["class_weights"]
@@ -171,6 +162,25 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, loop_config["shards"])
         if _patience_exhausted(history, config.patience):
             break
+
+
+def _start(config: TrainConfig, num_labels: int, train_rows: int, world: int) -> tuple:
+    """-> (model, optimizer, scheduler, first epoch to run, history): fresh, or
+    as the latest checkpoint left them. A resumed model is rebuilt from the
+    shape its checkpoint records, not from `config.model`."""
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
+        if directory:
+            model = ckpt.load(Path(directory))[0]
+        else:
+            model = LanguageClassifier.build(config.model, num_labels)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        total_steps = math.ceil(train_rows / (world * config.batch_size)) * config.epochs
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+        if not directory:
+            return model, optimizer, scheduler, 0, []
+        last_epoch, history = ckpt.load_training_state(Path(directory), optimizer, scheduler)
+    return model, optimizer, scheduler, last_epoch + 1, history
 
 
 def _train_epoch(model, shard, optimizer, scheduler, loss_fn, config, labels, rng, device) -> tuple[float, ...]:

@@ -9,12 +9,20 @@ over padding, which makes a clip's output depend on what it is batched with.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from transformers import Speech2TextConfig
 from transformers.models.speech_to_text.modeling_speech_to_text import Speech2TextEncoder, Speech2TextModel
 
 from slc.config import ModelConfig
+
+
+# Encoder settings a checkpoint does not record: a pretrained encoder must have
+# transformers' defaults for them, or the model rebuilt from a checkpoint would compute
+# something other than the one that was trained.
+REBUILT_AS_DEFAULT = ("input_feat_per_channel", "input_channels", "scale_embedding", "activation_function")
 
 
 def encoder_config(config: ModelConfig, num_mel_bins: int = 80) -> Speech2TextConfig:
@@ -38,12 +46,22 @@ def encoder_config(config: ModelConfig, num_mel_bins: int = 80) -> Speech2TextCo
     )
 
 
-def load_encoder(name_or_path: str) -> tuple[Speech2TextEncoder, ModelConfig]:
-    """The encoder of a Speech2Text checkpoint saved with `save_pretrained` (a
-    local directory; a hub name needs a network) and the ModelConfig of its shape."""
-    pretrained = Speech2TextModel.from_pretrained(name_or_path, attn_implementation="eager")
+def load_encoder(config: ModelConfig) -> tuple[Speech2TextEncoder, ModelConfig]:
+    """The encoder of the Speech2Text checkpoint `config.init_from` (saved with
+    `save_pretrained`: a local directory; a hub name needs a network) and
+    `config` with that encoder's shape: what rebuilds it without the checkpoint."""
+    pretrained = Speech2TextModel.from_pretrained(
+        config.init_from,
+        attn_implementation="eager",
+        # The regularisation asked for applies to the pretrained encoder too.
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        activation_dropout=config.dropout,
+        encoder_layerdrop=0.0,
+    )
     hf = pretrained.config
-    config = ModelConfig(
+    shape = dataclasses.replace(
+        config,
         d_model=hf.d_model,
         encoder_layers=hf.encoder_layers,
         encoder_attention_heads=hf.encoder_attention_heads,
@@ -51,9 +69,16 @@ def load_encoder(name_or_path: str) -> tuple[Speech2TextEncoder, ModelConfig]:
         conv_channels=hf.conv_channels,
         conv_kernel_sizes=tuple(hf.conv_kernel_sizes),
         max_source_positions=hf.max_source_positions,
-        init_from=name_or_path,
     )
-    return pretrained.get_encoder(), config
+    rebuilt = encoder_config(shape)
+    differing = {
+        name: (getattr(hf, name), getattr(rebuilt, name)) for name in REBUILT_AS_DEFAULT
+        if getattr(hf, name) != getattr(rebuilt, name)
+    }  # fmt: skip
+    if differing:
+        details = ", ".join(f"{name} {theirs!r} (slc builds {ours!r})" for name, (theirs, ours) in differing.items())
+        raise ValueError(f"{config.init_from}: its encoder differs from the one slc trains and exports: {details}")
+    return pretrained.get_encoder(), shape
 
 
 class AttentiveStatsPooling(nn.Module):
@@ -88,7 +113,7 @@ class LanguageClassifier(nn.Module):
     def build(cls, config: ModelConfig, num_labels: int) -> LanguageClassifier:
         """Random init from `config`, or the encoder of `config.init_from`."""
         if config.init_from:
-            encoder, shape = load_encoder(config.init_from)
+            encoder, shape = load_encoder(config)
             return cls(shape, num_labels, encoder)
         return cls(config, num_labels)
 

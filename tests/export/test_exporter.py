@@ -13,7 +13,8 @@ import torch
 from slc.runtime import bundle as bundles
 from slc.training import checkpoint as ckpt
 from slc.config import ExportConfig
-from slc.export.exporter import ExportError, check_parity, choose_default, export_model
+from slc.export import quantize
+from slc.export.exporter import ExportError, check_parity, choose_default, export_bundle, export_model
 from slc.data.features import Fbank
 from slc.runtime.classifier import Classifier
 
@@ -29,7 +30,8 @@ def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
     assert set(manifest["variants"]) == set(VARIANTS)
     for name, variant in manifest["variants"].items():
         assert "error" not in variant, (name, variant)
-        assert 0 <= variant["macro_f1"] <= 1 and 0 <= variant["iou"] <= 1
+        for split in ("val", "test"):
+            assert 0 <= variant[f"{split}_macro_f1"] <= 1 and 0 <= variant[f"{split}_iou"] <= 1
         assert variant["size_mb"] > 0 and variant["p50_ms"] > 0 and variant["speedup_vs_torch"] > 0
         assert (small_bundle / variant["file"]).is_file()
     sizes = {name: v["size_mb"] for name, v in manifest["variants"].items()}
@@ -41,7 +43,8 @@ def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
     assert manifest["default_variant"] in manifest["variants"]
     assert not manifest["variants"][manifest["default_variant"]]["rejected"]
     report = (small_bundle / "report.md").read_text()
-    assert "| variant | macro F1 | IoU | size MB" in report and "| int8-matmul |" in report
+    assert "| variant | val F1 | test F1 | test IoU | size MB" in report and "| int8-matmul |" in report
+    assert manifest["scored_on"]["clips"]["val"] > 0 and manifest["scored_on"]["clips"]["test"] > 0
 
 
 def test_exported_graph_takes_any_batch_and_length(small_bundle, small_checkpoint):
@@ -83,17 +86,48 @@ def test_features_graph_matches_the_torch_fbank(small_bundle, speech_16k):
     assert np.abs(features - expected.numpy()).max() < 1e-4
 
 
-def test_a_variant_losing_more_than_a_point_is_rejected_and_never_the_default():
+def test_a_variant_losing_more_than_a_point_on_val_is_rejected_and_never_the_default():
+    # Test scores disagree with val everywhere: only val decides.
     variants = {
-        "fp32": {"file": "a", "macro_f1": 0.950, "p50_ms": 10.0},
-        "int8-static": {"file": "b", "macro_f1": 0.930, "p50_ms": 2.0},  # -2 points: rejected
-        "int8-dynamic": {"file": "c", "macro_f1": 0.942, "p50_ms": 3.0},  # -0.8: kept, too far for default
-        "int8-matmul": {"file": "d", "macro_f1": 0.946, "p50_ms": 5.0},  # -0.4: fastest within 0.5
+        "fp32": {"file": "a", "val_macro_f1": 0.950, "test_macro_f1": 0.900, "p50_ms": 10.0},
+        "int8-static": {"file": "b", "val_macro_f1": 0.930, "test_macro_f1": 0.990, "p50_ms": 2.0},  # -2: rejected
+        "int8-dynamic": {"file": "c", "val_macro_f1": 0.942, "test_macro_f1": 0.990, "p50_ms": 3.0},  # -0.8: kept
+        "int8-matmul": {"file": "d", "val_macro_f1": 0.946, "test_macro_f1": 0.500, "p50_ms": 5.0},  # -0.4: default
         "fp16": {"error": "RuntimeError: failed"},
     }
     assert choose_default(variants, ExportConfig()) == "int8-matmul"
-    assert variants["int8-static"]["rejected"] and "2.0 points below fp32" in variants["int8-static"]["rejected_because"]
+    assert variants["int8-static"]["rejected"]
+    assert "val macro F1 0.9300 is 2.0 points below fp32" in variants["int8-static"]["rejected_because"]
     assert not variants["int8-dynamic"]["rejected"] and not variants["fp32"]["rejected"]
+
+
+def test_the_default_variant_is_chosen_on_val_and_test_is_only_reported(small_checkpoint, tmp_path, monkeypatch):
+    """int8-dynamic scores badly on val but well on test: rejected. int8-matmul
+    scores as fp32 on val but badly on test, and is the fastest: the default,
+    its test score reported."""
+    measure = quantize.measure
+    rows = {}
+
+    def measured(path, *args):
+        row = rows[path.name] = measure(path, *args)
+        if path.name == "model.int8-dynamic.onnx":
+            row["val_macro_f1"] = 0.0
+        if path.name == "model.int8-matmul.onnx":
+            row.update(val_macro_f1=rows["model.onnx"]["val_macro_f1"], test_macro_f1=0.0, p50_ms=1e-3)
+        return row
+
+    monkeypatch.setattr(quantize, "measure", measured)
+    manifest = export_bundle(small_checkpoint, tmp_path / "bundle", config=ExportConfig(latency_repeats=2, calibration_clips=4))
+    variants = manifest["variants"]
+    assert manifest["default_rule"]["split"] == "val"
+    assert variants["int8-dynamic"]["rejected"] and variants["int8-dynamic"]["test_macro_f1"] > 0
+    assert "val macro F1 0.0000" in variants["int8-dynamic"]["rejected_because"]
+    assert not variants["int8-matmul"]["rejected"] and variants["int8-matmul"]["test_macro_f1"] == 0.0
+    assert manifest["default_variant"] == "int8-matmul"  # the fastest, and as good as fp32 on val
+    report = (tmp_path / "bundle" / "report.md").read_text()
+    matmul = variants["int8-matmul"]
+    assert f"| int8-matmul | {matmul['val_macro_f1']:.4f} | 0.0000 |" in report
+    assert "| int8-dynamic | 0.0000 |" in report and "rejected" in report
 
 
 def test_a_bundle_altered_after_export_is_refused(small_bundle, tmp_path):

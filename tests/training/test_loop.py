@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from slc.training import checkpoint as ckpt
-from slc.apps.cli import PRESET_HELP, app
+from slc.apps.cli import app
+from slc.apps.options import PRESET_HELP
 from slc.config import MODEL_PRESETS, ModelConfig, TrainConfig
 from slc.training.evaluation import evaluate
 from slc.training.model import LanguageClassifier, count_parameters

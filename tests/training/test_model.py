@@ -65,3 +65,24 @@ def test_init_from_local_save_pretrained(tmp_path):
         torch.testing.assert_close(value, theirs[name])
     features, lengths = padded_batch([100, 80])
     assert model(features, lengths).shape == (2, 3)
+
+
+SMALL = ModelConfig(d_model=64, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=128, conv_channels=64)
+
+
+def test_init_from_keeps_the_requested_head_and_dropout(tmp_path):
+    hf_config = encoder_config(SMALL)
+    hf_config.dropout = 0.3
+    Speech2TextForConditionalGeneration(hf_config).save_pretrained(tmp_path / "s2t")
+    asked = ModelConfig.preset("tiny", init_from=str(tmp_path / "s2t"), pooling_hidden=32, dropout=0.05, head_dropout=0.4)
+    model = LanguageClassifier.build(asked, num_labels=3)
+    assert (model.config.pooling_hidden, model.config.dropout, model.config.head_dropout) == (32, 0.05, 0.4)
+    assert model.encoder.dropout == 0.05 and model.config.d_model == 64
+
+
+def test_init_from_refuses_an_encoder_a_checkpoint_could_not_rebuild(tmp_path):
+    hf_config = encoder_config(SMALL)
+    hf_config.scale_embedding = False
+    Speech2TextForConditionalGeneration(hf_config).save_pretrained(tmp_path / "s2t")
+    with pytest.raises(ValueError, match=r"s2t: its encoder differs .* scale_embedding False \(slc builds True\)"):
+        LanguageClassifier.build(ModelConfig.preset("tiny", init_from=str(tmp_path / "s2t")), num_labels=3)
