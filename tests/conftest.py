@@ -25,12 +25,19 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray per test session; shut down (no processes left) at the end."""
+def start_session_ray():
+    """Start the session's local Ray; tests that need a cluster of their own
+    shut it down first and call this again when they are done."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray per test session; shut down (no processes left) at the end."""
+    ray = start_session_ray()
     yield ray
     ray.shutdown()
 

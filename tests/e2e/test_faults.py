@@ -1,0 +1,307 @@
+"""Crashes on a cluster of several nodes: a worker node killed mid-run (or a
+Serve replica killed under load) and what each stage still promises.
+Every test prints what it killed, when, and what came out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import espeak_wav
+from fault_cluster import (
+    FaultCluster,
+    busiest_node,
+    free_port,
+    kill_switch,
+    node_of_actor,
+    running_cluster,
+)
+
+from slc.apps.label import label, read_labels
+from slc.config import IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
+from slc.data.ingest import ingest
+from slc.data.shards import read_rejects, read_split
+from slc.training import checkpoint as ckpt
+from slc.training.loop import train
+
+SAYINGS = {
+    "de": [
+        "Guten Morgen, der Zug nach Bern fährt um acht Uhr.",
+        "Wir essen heute Abend bei meiner Schwester.",
+        "Das Wetter bleibt morgen sonnig und warm.",
+    ],
+    "en": [
+        "Good morning, the train to London leaves at eight.",
+        "We are having dinner at my sister's tonight.",
+        "The weather stays sunny and warm tomorrow.",
+    ],
+}
+FILES = 300
+
+
+@pytest.fixture(scope="module")
+def fault_cluster(small_bundle, small_shards) -> Iterator[FaultCluster]:
+    """The cluster of several nodes. The session fixtures it asks for are
+    built first, on the session's Ray: it cannot start while this runs."""
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def speech() -> list[tuple[str, bytes]]:
+    return [(lang, espeak_wav(text, lang)) for lang, texts in SAYINGS.items() for text in texts]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, speech) -> Path:
+    """FILES clips as `<lang>/speaker<g>/clip<n>.wav`: the six recordings of
+    `speech` copied under many names (the group is the speaker folder)."""
+    root = tmp_path_factory.mktemp("faults") / "corpus"
+    for n in range(FILES):
+        lang, wav = speech[n % len(speech)]
+        path = root / lang / f"speaker{n % 20:02d}" / f"clip{n:03d}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(wav)
+    return root
+
+
+def _parts(out: Path, pattern: str) -> list[Path]:
+    return sorted(out.glob(pattern)) if out.exists() else []
+
+
+def _report(stage: str, kill, inputs: int, rows: list[str], wall_s: float) -> None:
+    duplicates = len(rows) - len(set(rows))
+    print(
+        f"\n[{stage}] killed {kill.what} on node {kill.node_id[:8]} at {kill.at_s:.1f} s ({kill.progress}); "
+        f"inputs {inputs}, output rows {len(rows)}, duplicates {duplicates}, run {wall_s:.1f} s"
+    )
+
+
+# --- slc label -------------------------------------------------------------
+
+
+def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(fault_cluster, corpus, small_bundle, tmp_path):
+    fault_cluster.top_up()
+    config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2)
+    label([str(corpus)], small_bundle, str(tmp_path / "reference"), config)
+    reference = {r["path"]: (r["language"], r["error"]) for r in read_labels(tmp_path / "reference").to_pylist()}
+    assert len(reference) == FILES
+
+    out = tmp_path / "labels"
+    started = time.monotonic()
+
+    def ready() -> str | None:
+        parts = _parts(out, "part-*.parquet")
+        return f"{len(parts)} parts of {config.rows_per_file} rows written" if len(parts) >= 3 else None
+
+    with kill_switch(fault_cluster, ready, lambda: node_of_actor("Labeller"), lambda: started) as kills:
+        summary = label([str(corpus)], small_bundle, str(out), config)
+    wall_s = time.monotonic() - started
+    assert kills, f"the run finished ({wall_s:.1f} s) before a node was killed"
+    rows = read_labels(out).to_pylist()
+    paths = [r["path"] for r in rows]
+    _report("label", kills[0], FILES, paths, wall_s)
+    print(f"[label] lost {len(set(reference) - set(paths))}, summary {summary['listed']} listed")
+    assert sorted(paths) == sorted(reference), "files lost or repeated"
+    assert {r["path"]: (r["language"], r["error"]) for r in rows} == reference
+    assert summary["listed"] == summary["labelled"] == FILES
+
+
+# --- slc ingest ------------------------------------------------------------
+
+
+def _clip_ids(out: Path) -> list[str]:
+    return [i for split in ("train", "val", "test") for i in read_split(str(out), split, columns=["id"])["id"].to_pylist()]
+
+
+def test_ingest_keeps_every_clip_once_when_a_featurizing_node_dies(fault_cluster, corpus, tmp_path):
+    fault_cluster.top_up()
+    config = IngestConfig(clips_per_task=4, rows_per_file=8)
+    ingest(corpus, str(tmp_path / "reference"), config)
+    reference = _clip_ids(tmp_path / "reference")
+
+    out = tmp_path / "shards"
+    started = time.monotonic()
+
+    def ready() -> str | None:
+        parts = _parts(out, "*/part-*.parquet")
+        return f"{len(parts)} shard files written" if len(parts) >= 2 else None
+
+    with kill_switch(fault_cluster, ready, lambda: busiest_node("MapBatches"), lambda: started) as kills:
+        summary = ingest(corpus, str(out), config)
+    wall_s = time.monotonic() - started
+    assert kills, f"the run finished ({wall_s:.1f} s) before a node was killed"
+    ids = _clip_ids(out)
+    _report("ingest", kills[0], summary["discovered"], ids, wall_s)
+    print(f"[ingest] lost {len(set(reference) - set(ids))}, rejected {summary['rejected']}")
+    assert summary["discovered"] == FILES
+    assert summary["accepted"] + summary["rejected"] == summary["discovered"]
+    assert sorted(ids) == sorted(reference), "clips lost or repeated"
+    assert read_rejects(str(out)).num_rows == summary["rejected"]
+
+
+# --- slc train -------------------------------------------------------------
+
+
+def _registered_epochs(out: Path) -> list[int]:
+    """Epochs of the checkpoints Ray Train has registered (the ones a
+    restarted run resumes from), from the snapshot it keeps in the run folder.
+    A checkpoint written by a worker that died before reporting it is on disk
+    but not here."""
+    snapshot = out / "run" / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return []
+    with contextlib.suppress(ValueError):  # caught mid-write
+        results = json.loads(snapshot.read_text())["checkpoint_results"]
+        return sorted(r["metrics"]["epoch"] for r in results)
+    return []
+
+
+def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(fault_cluster, small_shards, tmp_path):
+    fault_cluster.top_up()
+    epochs = 4
+    config = TrainConfig(
+        model=ModelConfig.preset("tiny", encoder_layers=2),
+        epochs=epochs,
+        batch_size=8,
+        max_frames=300,
+        workers=1,
+        max_failures=2,
+        keep_checkpoints=epochs,  # all kept: an epoch trained twice would show as two checkpoints
+    )
+    out = tmp_path / "run"
+    started = time.monotonic()
+
+    def ready() -> str | None:
+        done = _registered_epochs(out)
+        return f"{len(done)} of {epochs} epochs checkpointed" if done else None
+
+    with kill_switch(fault_cluster, ready, lambda: node_of_actor("RayTrainWorker"), lambda: started) as kills:
+        best = train(str(small_shards), str(out), config)
+    wall_s = time.monotonic() - started
+    assert kills, f"the run finished ({wall_s:.1f} s) before a node was killed"
+    history = [row["epoch"] for row in json.loads((out / "best" / "history.json").read_text())]
+    registered = _registered_epochs(out)
+    written = sorted(json.loads(p.read_text())["epoch"] for p in _parts(out, "run/checkpoint_*/metrics.json"))
+    _report("train", kills[0], epochs, [str(e) for e in history], wall_s)
+    print(f"[train] checkpoints by epoch: {registered} registered, {written} on disk; best epoch {best['epoch']}")
+    assert not kills[0].progress.startswith(f"{epochs} of"), "killed after the last epoch"
+    assert history == list(range(1, epochs + 1))
+    assert registered == list(range(1, epochs + 1)), "an epoch was trained twice: not resumed"
+    model, labels, _, _ = ckpt.load(out / "best")
+    assert labels.codes == ("de", "en") and model is not None
+
+
+# --- Serve ---------------------------------------------------------------
+
+
+LOAD_S, KILL_AT_S, CLIENTS = 15.0, 5.0, 8
+
+
+def _post(session: requests.Session, url: str, body: bytes) -> dict:
+    sent = time.monotonic()
+    try:
+        response = session.post(f"{url}/v1/classify", files={"file": ("clip.wav", body)}, timeout=60)
+        status, text = response.status_code, response.text
+    except requests.ConnectionError as error:
+        status, text = None, str(error)
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    return {"sent": sent, "done": time.monotonic(), "status": status, "answer": answer, "text": text[:200]}
+
+
+def _replicas(app: str) -> list[str]:
+    from ray.util.state import list_actors
+
+    found = list_actors(filters=[("state", "=", "ALIVE")], detail=True, raise_on_missing_output=False)
+    return [a.name for a in found if a.class_name == f"ServeReplica:{app}:LanguageClassifier"]
+
+
+def _running_replicas(app: str) -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[app].deployments["LanguageClassifier"]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+@pytest.fixture(scope="module")
+def replica_killed_under_load(fault_cluster, small_bundle, speech):
+    """Two replicas, CLIENTS clients posting for LOAD_S seconds, one replica
+    killed at KILL_AT_S; then a burst once both replicas run again.
+    -> (requests under load, kill time, burst after recovery, seconds to recover)."""
+    import ray
+    from ray import serve
+
+    from slc.apps.serve import build_app
+
+    fault_cluster.top_up()
+    app, port = "slc-faults", free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    try:
+        serve.run(build_app(small_bundle, ServeConfig(num_replicas=2, port=port)), name=app, route_prefix="/")
+        body = speech[0][1]
+        stop_at = time.monotonic() + LOAD_S
+
+        def client() -> list[dict]:
+            with requests.Session() as session:
+                results = []
+                while time.monotonic() < stop_at:
+                    results.append(_post(session, url, body))
+                return results
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client) for _ in range(CLIENTS)]
+            time.sleep(KILL_AT_S)
+            victim = _replicas(app)[0]
+            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            killed_at = time.monotonic()
+            results = [r for f in futures for r in f.result()]
+        while _running_replicas(app) < 2 or len(_replicas(app)) < 2:
+            assert time.monotonic() < killed_at + 120, "the killed replica was never replaced"
+            time.sleep(0.2)
+        recovered_s = time.monotonic() - killed_at
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            burst = list(pool.map(lambda _: _post(requests.Session(), url, body), range(4 * CLIENTS)))
+        yield results, killed_at, burst, recovered_s
+    finally:
+        serve.shutdown()
+
+
+def test_killing_a_replica_under_load_fails_only_its_requests_in_flight(replica_killed_under_load):
+    results, killed_at, burst, recovered_s = replica_killed_under_load
+    failed = [r for r in results if r["status"] != 200]
+    in_flight = [r for r in results if r["sent"] <= killed_at <= r["done"]]
+    late = [r for r in failed if r["sent"] > killed_at]
+    print(
+        f"\n[serve] killed 1 of 2 replicas at {KILL_AT_S:.0f} s of {LOAD_S:.0f} s under {CLIENTS} clients; "
+        f"sent {len(results)}, succeeded {len(results) - len(failed)}, failed {len(failed)} "
+        f"({len(in_flight)} in flight at the kill, {len(late)} failures sent after it), "
+        f"statuses {sorted({r['status'] for r in failed}, key=str)}; replaced in {recovered_s:.1f} s; "
+        f"after recovery {sum(r['status'] == 200 for r in burst)}/{len(burst)} succeeded"
+    )
+    assert all(r["status"] is not None and r["status"] >= 500 for r in failed), [r["text"] for r in failed]
+    assert not late, f"requests sent after the kill failed: {[r['text'] for r in late]}"
+    assert len(failed) <= len(in_flight) <= CLIENTS
+    assert all(r["status"] == 200 for r in burst)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the Serve proxy, not the app, answers a request whose replica died: "
+    "plain-text 'Internal Server Error' (500), never the app's JSON error",
+)
+def test_requests_failed_by_a_dead_replica_get_a_json_error(replica_killed_under_load):
+    results, *_ = replica_killed_under_load
+    failed = [r for r in results if r["status"] != 200]
+    if not failed:
+        pytest.skip("no request was in flight on the killed replica")
+    assert all(set(r["answer"] or {}) == {"error", "detail"} for r in failed), [r["text"] for r in failed]
