@@ -1,6 +1,6 @@
 """Load benchmark of the HTTP endpoint: 4 s clips at concurrency 1, 8 and 32.
 
-Starts the endpoint on this machine (`slc.serve.running`, the application
+Starts the endpoint on this machine (`slc.apps.serve_launcher.running`, the application
 `slc serve` runs), posts 4 s WAV clips as raw bodies from an asyncio client,
 and reports requests/s, p50 and p99 latency and the error count (must be 0)
 per concurrency level, each the best of a few rounds (other work on the
@@ -29,7 +29,7 @@ import soxr
 
 from slc.config import ServeConfig
 from slc.runtime.classifier import Classifier
-from slc.apps.serve import free_port, running
+from slc.apps.serve_launcher import free_port, running
 
 CLIP_S = 4.0
 RATE = 16_000

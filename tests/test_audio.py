@@ -138,3 +138,50 @@ def test_every_error_is_an_audio_error():
     for cls in (audio.EmptyAudioError, audio.UndecodableAudioError, audio.NonFiniteAudioError,
                 audio.TooShortAudioError, audio.TooLongAudioError, audio.UnreadableAudioError):
         assert issubclass(cls, audio.AudioError)
+
+
+# --- recordings of any length, a block at a time ------------------------------
+
+
+def speech_like(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+    """Tones that come and go, with a second of silence at each end."""
+    samples = tone(seconds, rate, channels, freq=330.0)
+    envelope = (np.sin(np.arange(len(samples)) * 2 * np.pi * 0.7 / rate) > -0.3).astype(np.float32)
+    samples *= envelope[:, None]
+    silence = np.zeros((rate, channels), np.float32)
+    return np.concatenate([silence, samples, silence])
+
+
+@pytest.mark.parametrize("rate, channels", [(16000, 1), (44100, 2), (8000, 1)])
+def test_streamed_blocks_are_the_samples_load_gives(tmp_path, rate, channels):
+    path = tmp_path / "long.wav"
+    sf.write(path, speech_like(12.0, rate, channels), rate, subtype="PCM_16")
+    blocks = list(audio.stream(path, block_s=1.3))
+    assert len(blocks) > 5 and all(b.dtype == np.float32 and b.ndim == 1 for b in blocks)
+    np.testing.assert_allclose(np.concatenate(blocks), audio.load(path, NO_TRIM), atol=1e-6)
+    start, end = audio.loud_span(path)
+    assert 0 < start < end < sum(map(len, blocks))
+    trimmed = audio.load(path)
+    assert end - start == len(trimmed)
+    np.testing.assert_allclose(np.concatenate(list(audio.stream(path, start=start, end=end, block_s=0.7))), trimmed, atol=1e-6)
+
+
+def test_loud_span_without_trimming_is_the_whole_recording(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, speech_like(3.0, 16000), 16000, subtype="PCM_16")
+    assert audio.loud_span(path, NO_TRIM) == (0, 5 * 16000)
+
+
+def test_streamed_recordings_fail_as_loaded_ones_do(tmp_path):
+    silence = tmp_path / "silence.wav"
+    sf.write(silence, np.zeros(40 * 16000, np.float32), 16000, subtype="PCM_16")
+    with pytest.raises(audio.TooShortAudioError, match="silence.wav: too_short: 0.00 s of audio after trimming"):
+        audio.loud_span(silence)
+    samples = speech_like(20.0, 16000)
+    samples[15 * 16000] = np.nan
+    broken = tmp_path / "nan.wav"
+    sf.write(broken, samples, 16000, subtype="FLOAT")
+    with pytest.raises(audio.NonFiniteAudioError, match=r"nan.wav: non_finite: 1 samples are NaN or infinite between 10.0 s and 20.0 s"):
+        audio.loud_span(broken)
+    with pytest.raises(audio.UndecodableAudioError, match="notes.txt: undecodable"):
+        next(audio.stream(b"just some notes\n" * 20, name="notes.txt"))

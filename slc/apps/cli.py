@@ -81,11 +81,13 @@ def synth(
 
 @app.command()
 def ingest(
-    corpus: Annotated[str, typer.Argument(help="Corpus tree (<root>/<lang>/**/<audio>) or CSV/TSV manifest.")],
+    corpus: Annotated[str, typer.Argument(help="Corpus: a tree (<root>/<lang>/**/<audio>), a CSV/TSV manifest, a Hugging Face dataset (save_to_disk or Parquet), a Common Voice release, WebDataset shards or lhotse manifests.")],
     out: Annotated[str, typer.Argument(help="Shard directory: a path or a URI such as s3://bucket/shards.")],
     config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("IngestConfig"))] = None,
     labels: Annotated[Optional[str], typer.Option(help="Keep only these languages, in this order: de,fr,it. (default: every language the corpus brings)")] = None,
-    split: Annotated[Optional[str], typer.Option(help="train,val,test fractions by group. (default: {0.train},{0.val},{0.test})".format(cfg.SplitConfig()))] = None,
+    split: Annotated[Optional[str], typer.Option(help="train,val,test fractions by group, or from-release: the corpus's own splits (Common Voice TSVs, dataset split names). (default: {0.train},{0.val},{0.test})".format(cfg.SplitConfig()))] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help=options.with_default("Corpus layout: auto, tree, manifest, huggingface, commonvoice, webdataset or lhotse.", cfg.IngestConfig, "format"))] = None,
+    lang_column: Annotated[Optional[str], typer.Option(help="Column (or field) holding the language. (default: the first of language, lang, locale, label)")] = None,
     seed: Annotated[Optional[int], typer.Option(help=options.with_default("Seed of the group split.", cfg.IngestConfig, "split.seed"))] = None,
     max_duration: Annotated[Optional[float], typer.Option(help=options.with_default("Reject clips longer than this (s).", cfg.IngestConfig, "audio.max_duration_s"))] = None,
     min_duration: Annotated[Optional[float], typer.Option(help=options.with_default("Reject clips shorter than this after trimming (s).", cfg.IngestConfig, "audio.min_duration_s"))] = None,
@@ -99,7 +101,8 @@ def ingest(
 
     try:
         flags = {
-            "labels": options.codes(labels), **options.split_fractions(split), "split.seed": seed,
+            "labels": options.codes(labels), "format": fmt, "lang_column": lang_column, "split.seed": seed,
+            **({"split.mode": "from-release"} if split == "from-release" else options.split_fractions(split)),
             "audio.max_duration_s": max_duration, "audio.min_duration_s": min_duration,
             "audio.trim_silence": trim, "augment.copies": augment,
         }  # fmt: skip
@@ -261,8 +264,8 @@ def predict(
     failed = 0
     for path in files:
         try:
-            clip = classifier.load_audio(path)
-            prediction = classifier.classify(clip, allow=allowed, min_confidence=min_confidence, segments=segments)
+            # Streamed from the file: a recording of hours needs no more memory than a minute.
+            prediction = classifier.classify_file(path, allow=allowed, min_confidence=min_confidence, segments=segments)
         except AudioError as error:
             failed += 1
             if as_json:
@@ -304,7 +307,7 @@ def serve(
     once: Annotated[Optional[Path], typer.Option(help="Start, classify this audio file over HTTP, print the answer, stop.")] = None,
 ) -> None:
     """Serve a bundle over HTTP with Ray Serve: POST /v1/classify, a web page at /. Ctrl-C stops."""
-    from slc.apps.serve import classify_once, run
+    from slc.apps.serve_launcher import classify_once, run
 
     try:
         base = cfg.resolve(cfg.ServeConfig, config, {})
@@ -345,6 +348,7 @@ def label(
     cpus_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.", cfg.LabelConfig, "cpus_per_task"))] = None,
     files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Files per read task.", cfg.LabelConfig, "files_per_task"))] = None,
     rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Rows per output file: what an interrupted run keeps.", cfg.LabelConfig, "rows_per_file"))] = None,
+    truth_column: Annotated[Optional[str], typer.Option(help="Column (or field) of the inputs' dataset holding each clip's language: the summary says how often the labels agree with it.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip the files OUT already has an answer for (same bundle and settings); retry those that failed for a transient reason (unreadable, failed).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
@@ -356,7 +360,7 @@ def label(
             "variant": variant, "format": fmt, "top_k": top_k, "segments": segments, "allow": options.codes(allow),
             "min_confidence": min_confidence, "max_duration_s": max_duration, "concurrency": concurrency,
             "threads": threads, "cpus_per_actor": cpus_per_actor, "cpus_per_task": cpus_per_task,
-            "files_per_task": files_per_task, "rows_per_file": rows_per_file,
+            "files_per_task": files_per_task, "rows_per_file": rows_per_file, "truth_column": truth_column,
         }  # fmt: skip
         settings = cfg.resolve(cfg.LabelConfig, config, flags)
         summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite)

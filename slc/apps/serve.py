@@ -11,23 +11,22 @@ Requests are decoded in threads and classified together by `@serve.batch`;
 `max_batch_size` and `batch_wait_timeout_s` follow the deployment's
 `user_config`, so they change without a redeploy. Every error is JSON
 `{"error": <code>, "detail": <message naming the file and the reason>}`
-with a 4xx status; a 5xx means a bug. Like the runtime, this never imports torch.
+with a 4xx status; a 5xx means a bug, logged with its traceback in the
+replica's log. A clip the model fails on gets the 500 alone: its batch is
+classified again one request at a time. Like the runtime, this never
+imports torch.
+
+Running the application on this machine: `slc.apps.serve_launcher`; talking
+to it: `slc.apps.serve_client`.
 """
 
 import asyncio
-import contextlib
 import dataclasses
-import json
 import logging
 import os
-import random
-import socket
-import time
 import typing
-import urllib.error
-import urllib.request
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,8 @@ from slc.config import ServeConfig, from_dict, to_dict
 from slc.labels import LabelError, normalize
 from slc.runtime.classifier import Classifier, Prediction
 
-log = logging.getLogger(__name__)
+# Serve writes this logger to the replica's own log file, with the request id.
+log = logging.getLogger("ray.serve")
 
 APP_NAME = "slc"
 BUNDLE_ENV = "SLC_BUNDLE"
@@ -225,7 +225,9 @@ class LanguageService:
         options = Options(self._allowed(allow), min_confidence, segments)
         body, name = await self._upload(request)
         clip = await asyncio.to_thread(self._decode, body, name)
-        prediction = await self._classify(clip, options)
+        prediction = await self._classify(clip, options, name)
+        if isinstance(prediction, ApiError):
+            raise prediction
         # A JSONResponse skips FastAPI's response-model pass over the answer.
         return JSONResponse({**prediction.to_dict(top_k), "model": self.classifier.info})
 
@@ -289,22 +291,44 @@ class LanguageService:
     # --- batched classification ------------------------------------------
 
     @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s)
-    async def _classify(self, clips: list[np.ndarray], options: list[Options]) -> list[Prediction]:
-        return await asyncio.to_thread(self._classify_now, clips, options)
+    async def _classify(
+        self, clips: list[np.ndarray], options: list[Options], names: list[str]
+    ) -> list[Prediction | ApiError]:
+        return await asyncio.to_thread(self._classify_now, clips, options, names)
 
-    def _classify_now(self, clips: list[np.ndarray], options: list[Options]) -> list[Prediction]:
-        """Requests asking the same options go through the model together."""
+    def _classify_now(
+        self, clips: list[np.ndarray], options: list[Options], names: list[str]
+    ) -> list[Prediction | ApiError]:
+        """Requests asking the same options go through the model together. If
+        that fails, each goes alone, so a clip the model fails on gets its
+        own 500 (an ApiError, returned for its request) and the others their
+        answers."""
         groups: dict[Options, list[int]] = defaultdict(list)
         for i, asked in enumerate(options):
             groups[asked].append(i)
-        answers: list[Prediction | None] = [None] * len(clips)
+        answers: list[Prediction | ApiError | None] = [None] * len(clips)
         for asked, members in groups.items():
-            predictions = self.classifier.classify_batch(
-                [clips[i] for i in members], asked.allow, asked.min_confidence, asked.segments
-            )
-            for i, prediction in zip(members, predictions):
-                answers[i] = prediction
+            together = self._classify_together([clips[i] for i in members], asked) if len(members) > 1 else None
+            for j, i in enumerate(members):
+                answers[i] = together[j] if together else self._classify_alone(clips[i], asked, names[i])
         return answers  # type: ignore[return-value]
+
+    def _classify_together(self, clips: list[np.ndarray], asked: Options) -> list[Prediction] | None:
+        """One batch through the model, or None when it fails."""
+        try:
+            return self.classifier.classify_batch(clips, asked.allow, asked.min_confidence, asked.segments)
+        except Exception:
+            log.exception("a batch of %d requests failed; classifying them one at a time", len(clips))
+            return None
+
+    def _classify_alone(self, clip: np.ndarray, asked: Options, name: str) -> Prediction | ApiError:
+        try:
+            return self.classifier.classify_batch([clip], asked.allow, asked.min_confidence, asked.segments)[0]
+        except Exception as error:
+            seconds = len(clip) / self.classifier.feature_config.sample_rate
+            log.exception("%s: the model failed on %.2f s of audio", name, seconds)
+            detail = f"{name}: the model failed on {seconds:.2f} s of audio ({type(error).__name__}: {error})"
+            return ApiError(500, "model_failed", detail)
 
 
 # --- building and running the application -------------------------------
@@ -354,88 +378,3 @@ def _convert(text: str, kind: Any) -> Any:
     if kind in (int, float):
         return kind(text)
     return text or None  # str or str | None
-
-
-@contextlib.contextmanager
-def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: bool = True) -> Iterator[str]:
-    """Start the application on this machine (and Ray, unless this process is
-    already connected to a cluster); yield its base URL once it answers;
-    shut Serve (and a Ray started here) down on exit. `show_logs`: print
-    the replicas' request logs here."""
-    import ray
-
-    app = build_app(bundle, config)  # a missing bundle fails before anything starts
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(include_dashboard=False, log_to_driver=show_logs)
-    try:
-        serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        url = f"http://{config.host}:{config.port}"
-        _wait_until_ready(url)
-        yield url
-    finally:
-        serve.shutdown()
-        if started_ray:
-            ray.shutdown()
-
-
-def _wait_until_ready(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass  # the proxy is still starting
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url}/readyz did not answer within {timeout_s:.0f} s")
-        time.sleep(0.2)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on, for a throwaway endpoint. Drawn from below
-    the kernel's ephemeral range (32768+) and above Ray's worker ports
-    (10002-19999), where other connections and Ray itself would race for it."""
-    for port in random.sample(range(20_000, 32_768), 500):
-        with socket.socket() as probe:
-            if probe.connect_ex((host, port)) == 0:
-                continue
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port between 20000 and 32767 on {host}")
-
-
-def run(bundle: str | Path, config: ServeConfig = ServeConfig()) -> None:
-    """Serve `bundle` on config.host:config.port until Ctrl-C."""
-    with running(bundle, config) as url:
-        log.info("serving %s at %s (Ctrl-C stops)", bundle, url)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
-
-
-def post_audio(url: str, body: bytes, query: str = "") -> tuple[int, dict[str, Any]]:
-    """POST encoded audio to a running endpoint -> (HTTP status, JSON answer)."""
-    request = urllib.request.Request(
-        f"{url}/v1/classify{'?' + query if query else ''}",
-        data=body,
-        headers={"Content-Type": "application/octet-stream"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
-
-
-def classify_once(bundle: str | Path, path: str | Path, config: ServeConfig = ServeConfig()) -> tuple[int, dict[str, Any]]:
-    """Start the endpoint, classify `path` over HTTP, stop: a smoke test of
-    the whole serving path."""
-    body = Path(path).read_bytes()
-    with running(bundle, config) as url:
-        return post_audio(url, body)

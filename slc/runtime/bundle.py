@@ -7,13 +7,17 @@
     bundle.json            settings, variants with their scores, the default variant, sha256 of every file
     report.md              the variants table
 
-A bundle whose files do not match the hashes in `bundle.json` is refused.
+A bundle whose files do not match the hashes in `bundle.json` is refused. A
+process checks only the files it loads, and each of them once: a file
+already found intact is known by its path, size, inode and mtime.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,9 +63,10 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
-    """`bundle.json`, after checking that every file it lists is present and
-    unchanged; raises BundleError naming the first file that is not."""
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """`bundle.json` of a bundle directory, after checking its format; raises
+    BundleError when there is none or it is not one this slc reads. The
+    files it lists are checked by `verify`, for those a process loads."""
     directory = Path(directory)
     path = directory / MANIFEST
     if not path.is_file():
@@ -72,14 +77,38 @@ def read_manifest(directory: Path, verify: bool = True) -> dict[str, Any]:
         raise BundleError(f"{path}: not valid JSON ({error})") from None
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: bundle format {manifest.get('format')!r}; this slc reads format {FORMAT}")
-    if verify:
-        for name, expected in manifest["files"].items():
-            file = directory / name
-            if not file.is_file():
-                raise BundleError(f"{file}: listed in {MANIFEST} but missing")
-            if sha256(file) != expected:
-                raise BundleError(f"{file}: sha256 does not match {MANIFEST}; the bundle was altered after export")
     return manifest
+
+
+# Files this process found intact, by (real path, size, inode, mtime_ns) ->
+# their sha256: Serve replicas and Ray Data workers each build Classifiers,
+# and re-hashing a large model for every one is start-up time for nothing.
+_intact: dict[tuple[str, int, int, int], str] = {}
+
+
+def verify(directory: Path, manifest: dict[str, Any], names: Iterable[str]) -> None:
+    """Check that every file `manifest` lists is present in `directory`, and
+    that the files `names` (those a process loads) match their sha256;
+    raises BundleError naming the first that does not. Each file is hashed
+    once per process while it stays unchanged on disk."""
+    directory = Path(directory)
+    # Presence is cheap to check for every file: a bundle missing one was
+    # copied or synced incompletely, whichever variant this process loads.
+    for listed in manifest["files"]:
+        if not (directory / listed).is_file():
+            raise BundleError(f"{directory / listed}: listed in {MANIFEST} but missing")
+    for name in names:
+        file = directory / name
+        expected = manifest["files"].get(name)
+        if expected is None:
+            raise BundleError(f"{file}: not listed in {MANIFEST}; the bundle was altered after export")
+        stat = file.stat()
+        key = (os.path.realpath(file), stat.st_size, stat.st_ino, stat.st_mtime_ns)
+        if _intact.get(key) == expected:
+            continue
+        if sha256(file) != expected:
+            raise BundleError(f"{file}: sha256 does not match {MANIFEST}; the bundle was altered after export")
+        _intact[key] = expected
 
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:

@@ -2,24 +2,27 @@
 
 One clip, a batch of clips of different lengths, or a long recording cut
 into sliding windows (per-window probabilities, a timeline of language
-segments, a recording-level label by mean log-probability). Serving and batch
-labeling load this; it never imports torch.
+segments, a recording-level label by mean log-probability), held in memory or
+streamed from its file. Serving and batch labeling load this; it never
+imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slc import audio
-from slc.runtime import bundle as bundles
 from slc.config import AudioConfig, FeatureConfig, WindowConfig, from_dict
 from slc.labels import LabelSet, normalize
+from slc.runtime import bundle as bundles
+from slc.runtime.windows import cut, window_bounds
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +74,17 @@ class Prediction:
         return data
 
 
-def window_bounds(n_samples: int, window: int, hop: int) -> list[tuple[int, int]]:
-    """Sample ranges of sliding windows over `n_samples`: every `hop` from 0,
-    the last aligned to the end so no tail goes unheard; one window when the
-    recording is not longer than a window."""
-    if n_samples <= window:
-        return [(0, n_samples)]
-    starts = list(range(0, n_samples - window + 1, hop))
-    if starts[-1] + window < n_samples:
-        starts.append(n_samples - window)
-    return [(s, s + window) for s in starts]
-
-
 class Classifier:
     """A loaded bundle. `threads` is onnxruntime's intra-op thread count for
-    each session, set explicitly: ORT ignores OMP_NUM_THREADS."""
+    each session, set explicitly: ORT ignores OMP_NUM_THREADS. `verify`
+    checks the files it loads against the bundle's sha256 (once per process
+    for each file; see `bundle.verify`)."""
 
     def __init__(
         self, bundle: str | Path, variant: str | None = None, threads: int = 1, batch_size: int = 16, verify: bool = True
     ) -> None:
         self.path = Path(bundle)
-        manifest = bundles.read_manifest(self.path, verify=verify)
+        manifest = bundles.read_manifest(self.path)
         self.manifest = manifest
         self.labels = LabelSet(tuple(manifest["labels"]))
         self.audio_config = from_dict(AudioConfig, manifest["audio"])
@@ -104,9 +97,12 @@ class Classifier:
         if manifest["variants"][self.variant].get("rejected"):
             log.warning("variant %s was rejected at export: %s", self.variant,
                         manifest["variants"][self.variant].get("rejected_because"))
+        model_file = manifest["variants"][self.variant]["file"]
+        if verify:
+            bundles.verify(self.path, manifest, [bundles.FEATURES_FILE, model_file])
         self.threads, self.batch_size = threads, batch_size
         self._features = bundles.session(self.path / bundles.FEATURES_FILE, threads)
-        self._model = bundles.session(self.path / manifest["variants"][self.variant]["file"], threads)
+        self._model = bundles.session(self.path / model_file, threads)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -205,19 +201,24 @@ class Classifier:
         """Sliding windows over `clip` -> (sample ranges, `float32[windows, labels]`).
         Windows are featurised a batch at a time, so memory does not grow
         with the recording's length beyond the clip itself."""
+        bounds = window_bounds(len(clip), *self._window_samples(window_s, hop_s))
+        return bounds, self._window_scores(clip[s:e] for s, e in bounds)
+
+    def _window_samples(self, window_s: float | None, hop_s: float | None) -> tuple[int, int]:
         rate = self.feature_config.sample_rate
-        window = int(round((window_s or self.window.window_s) * rate))
-        hop = int(round((hop_s or self.window.hop_s) * rate))
+        window = round((window_s or self.window.window_s) * rate)
+        hop = round((hop_s or self.window.hop_s) * rate)
         if window <= 0 or hop <= 0:
             raise ValueError(f"window and hop must be > 0 s, got {window / rate} s and {hop / rate} s")
-        bounds = window_bounds(len(clip), window, hop)
-        scores = np.concatenate(
-            [
-                self.probabilities([clip[s:e] for s, e in bounds[i : i + self.batch_size]])
-                for i in range(0, len(bounds), self.batch_size)
-            ]
-        )
-        return bounds, scores
+        return window, hop
+
+    def _window_scores(self, windows: Iterable[np.ndarray]) -> np.ndarray:
+        """Windows, taken `batch_size` at a time -> `float32[windows, labels]`."""
+        windows = iter(windows)
+        scores = [np.zeros((0, len(self.labels)), dtype=np.float32)]
+        while batch := list(itertools.islice(windows, self.batch_size)):
+            scores.append(self.probabilities(batch))
+        return np.concatenate(scores)
 
     # --- answers -------------------------------------------------------
 
@@ -237,6 +238,31 @@ class Classifier:
     ) -> Prediction:
         """A recording -> per-window probabilities, timeline and recording label."""
         return self.classify(clip, allow, min_confidence, segments=True)
+
+    def classify_file(
+        self,
+        source: audio.Source,
+        allow: Sequence[str] | None = None,
+        min_confidence: float | None = None,
+        segments: bool = False,
+        name: str | None = None,
+    ) -> Prediction:
+        """A recording (path or encoded bytes) -> Prediction, decoded a block
+        at a time: memory is set by a batch of windows, not by the length of
+        the recording, and the bundle's `max_duration_s` does not apply.
+
+        The answer is `classify(load_audio(source))`'s: silence trimmed as
+        `load` trims it (found in a first pass over the file, see
+        `audio.loud_span`), then a whole clip or sliding windows. `name` is
+        what errors call the source."""
+        keep = self._keep(allow, min_confidence)
+        start, end = audio.loud_span(source, self.audio_config, name)
+        blocks = audio.stream(source, self.audio_config, name, start, end)
+        if not segments and end - start <= self.window.whole_clip_max_s * self.feature_config.sample_rate:
+            return self.classify(np.concatenate(list(blocks)), allow, min_confidence)
+        bounds = window_bounds(end - start, *self._window_samples(None, None))
+        scores = self._window_scores(cut(blocks, bounds))
+        return self._windowed_answer(bounds, scores, end - start, keep, min_confidence, segments)
 
     def classify_batch(
         self,
@@ -259,18 +285,31 @@ class Classifier:
         return results  # type: ignore[return-value]
 
     def _windowed(self, clip: np.ndarray, keep: np.ndarray, min_confidence: float | None, segments: bool) -> Prediction:
-        rate = self.feature_config.sample_rate
         bounds, scores = self.window_probabilities(clip)
+        return self._windowed_answer(bounds, scores, len(clip), keep, min_confidence, segments)
+
+    def _windowed_answer(
+        self,
+        bounds: list[tuple[int, int]],
+        scores: np.ndarray,
+        n_samples: int,
+        keep: np.ndarray,
+        min_confidence: float | None,
+        segments: bool,
+    ) -> Prediction:
+        """Per-window probabilities -> the recording's label, its windows and
+        (when `segments`) its timeline."""
+        rate = self.feature_config.sample_rate
         scores = _restrict(scores, keep)
         # Recording label: mean log-probability over windows, renormalised.
         mean_log = np.log(np.clip(scores, 1e-12, None)).mean(axis=0)
         recording = np.exp(mean_log - mean_log.max())
         recording[~keep] = 0.0
-        answer = self._answer(recording / recording.sum(), keep, min_confidence, len(clip) / rate)
+        answer = self._answer(recording / recording.sum(), keep, min_confidence, n_samples / rate)
         windows = [
             WindowScore(s / rate, e / rate, self._ranked(p, keep)) for (s, e), p in zip(bounds, scores)
         ]
-        timeline = self._timeline(bounds, scores, min_confidence, len(clip)) if segments else None
+        timeline = self._timeline(bounds, scores, min_confidence, n_samples) if segments else None
         return dataclasses.replace(answer, windows=windows, segments=timeline)
 
     def _timeline(

@@ -59,7 +59,7 @@ COMMANDS = {
         {"max_f1_loss": 0.05, "latency_repeats": 3, "window.hop_s": 1.0},
     ),
     "serve": Command(
-        ["serve", "bundle"], "slc.apps.serve:run", cfg.ServeConfig,
+        ["serve", "bundle"], "slc.apps.serve_launcher:run", cfg.ServeConfig,
         {"port": 9000, "max_batch_size": 4, "max_ongoing_requests": 8},
         ["--port", "9100", "--threads", "2"],
         {"port": 9100, "max_batch_size": 4, "max_ongoing_requests": 8, "threads": 2, "num_cpus": 2.0},

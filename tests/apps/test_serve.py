@@ -28,7 +28,8 @@ from conftest import espeak_wav
 
 from slc.config import ServeConfig
 from slc.runtime.classifier import Classifier
-from slc.apps.serve import app_builder, checked_batching, config_from_args, free_port
+from slc.apps.serve import app_builder, checked_batching, config_from_args
+from slc.apps.serve_launcher import free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_config.yaml"
 # Small limits keep the limit tests cheap: 1 MB uploads, 30 s of audio.
@@ -200,7 +201,7 @@ def test_builder_arguments_are_converted_and_checked(small_bundle, tmp_path):
 
 
 def test_importing_the_endpoint_never_imports_torch():
-    code = "import sys, slc.apps.serve\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+    code = "import sys, slc.apps.serve, slc.apps.serve_launcher\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -422,7 +423,7 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
     code = (
         "import json, sys\n"
         "from slc.config import ServeConfig\n"
-        "from slc.apps.serve import classify_once\n"
+        "from slc.apps.serve_launcher import classify_once\n"
         f"status, answer = classify_once({str(small_bundle)!r}, {str(clip)!r}, ServeConfig(port={port}))\n"
         "print(json.dumps([status, answer, 'torch' in sys.modules]))\n"
     )
@@ -434,3 +435,62 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
     assert_same_answer(answer, expected(classifier, german_wav))
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
+
+
+# --- one clip the model fails on fails alone ------------------------------------
+
+
+def test_a_clip_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered(small_bundle, classifier, german_wav, monkeypatch):
+    import asyncio
+    import logging
+    import types
+
+    from ray import serve
+
+    from slc.apps import serve as app
+    from slc.config import to_dict
+
+    # The replica's class as written, without Serve's ingress wrapper (whose
+    # constructor needs a running replica): its batch handler is the same,
+    # and asks the replica context only for max_ongoing_requests.
+    (replica_class,) = [c for c in app.LanguageService.func_or_class.__bases__ if c.__name__ == "LanguageService"]
+    service = replica_class(str(small_bundle), to_dict(ServeConfig()))
+    context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=32))
+    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    good = classifier.load_audio(german_wav)
+    culprit = good[:12345].copy()  # known by its length
+    batches, real = [], service.classifier.classify_batch
+
+    def classify_batch(clips, *args):
+        batches.append(len(clips))
+        if any(len(clip) == len(culprit) for clip in clips):
+            raise RuntimeError("onnxruntime: invalid input")
+        return real(clips, *args)
+
+    monkeypatch.setattr(service.classifier, "classify_batch", classify_batch)
+    clips = [good, culprit, good[:40000], good[8000:]]
+
+    async def together():
+        return await asyncio.gather(*(service._classify(clip, app.Options(), f"clip-{len(clip)}.wav") for clip in clips))
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    app.log.addHandler(handler)
+    try:
+        answers = asyncio.run(together())
+    finally:
+        app.log.removeHandler(handler)
+    assert batches[0] == len(clips), "the requests were not batched together"
+    for clip, answer in zip(clips, answers):
+        if clip is culprit:
+            continue
+        assert_same_answer(answer.to_dict(), classifier.classify(clip).to_dict())
+    failure = answers[1]
+    assert isinstance(failure, app.ApiError) and failure.status == 500
+    response = asyncio.run(app._api_error(None, failure))
+    assert response.status_code == 500
+    assert json.loads(response.body) == {"error": "model_failed", "detail": failure.detail}
+    assert failure.detail.startswith("clip-12345.wav: ") and "RuntimeError: onnxruntime: invalid input" in failure.detail
+    logged = [r for r in records if r.exc_info and "invalid input" in str(r.exc_info[1])]
+    assert logged, "no traceback of the failure in the replica's log"

@@ -123,3 +123,107 @@ def test_variants_are_selectable_and_agree_with_fp32(small_bundle, speech_16k):
 def test_too_short_a_clip_is_refused_with_the_reason(classifier):
     with pytest.raises(ValueError, match="at least 400 samples"):
         classifier.probabilities([np.zeros(100, dtype=np.float32)])
+
+
+# --- recordings streamed from their files ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def medium_wav(tmp_path_factory, speech_16k):
+    """About 90 s at 22.05 kHz: German and English speech taking turns, with
+    silence at both ends, as a file."""
+    import io
+
+    import soundfile as sf
+    import soxr
+    from conftest import espeak_wav
+
+    english, rate = sf.read(io.BytesIO(espeak_wav("The train to London leaves at half past eight from platform three.")), dtype="float32")
+    parts = [np.zeros(16000, np.float32)]
+    while sum(map(len, parts)) < 88 * 16000:
+        parts += [speech_16k, soxr.resample(english, rate, 16000).astype(np.float32)]
+    parts.append(np.zeros(24000, np.float32))
+    path = tmp_path_factory.mktemp("medium") / "medium.wav"
+    sf.write(path, soxr.resample(np.concatenate(parts), 16000, 22050), 22050, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.parametrize("segments", [False, True])
+def test_a_streamed_file_gets_the_answer_of_the_whole_file(classifier, medium_wav, segments):
+    whole = classifier.classify(classifier.load_audio(medium_wav), segments=segments)
+    streamed = classifier.classify_file(medium_wav, segments=segments)
+    assert streamed.duration_s == pytest.approx(whole.duration_s, abs=1e-3) and whole.duration_s > 80
+    assert streamed.language == whole.language and list(streamed.probabilities) == list(whole.probabilities)
+    assert streamed.probabilities == pytest.approx(whole.probabilities, abs=1e-4)
+    assert [(w.start_s, w.end_s) for w in streamed.windows] == [(w.start_s, w.end_s) for w in whole.windows]
+    for got, want in zip(streamed.windows, whole.windows):
+        assert got.probabilities == pytest.approx(want.probabilities, abs=1e-4)
+    if segments:
+        assert len(whole.segments) > 1
+        assert [(s.start_s, s.end_s, s.language) for s in streamed.segments] == [
+            (s.start_s, s.end_s, s.language) for s in whole.segments
+        ]
+
+
+def test_a_short_file_streamed_is_one_whole_clip(classifier, tmp_path, speech_16k):
+    import soundfile as sf
+
+    path = tmp_path / "short.wav"
+    sf.write(path, speech_16k, 16000, subtype="FLOAT")
+    streamed = classifier.classify_file(path, allow=["de", "en"], min_confidence=0.2)
+    whole = classifier.classify(classifier.load_audio(path), allow=["de", "en"], min_confidence=0.2)
+    assert streamed.windows is None and streamed.language == whole.language
+    assert streamed.probabilities == pytest.approx(whole.probabilities, abs=1e-6)
+
+
+PEAK_RSS = """
+import dataclasses, json, re, sys
+from pathlib import Path
+from slc.runtime.classifier import Classifier
+
+
+def peak_mb():
+    # VmHWM, not getrusage's ru_maxrss: a child started by fork and exec
+    # inherits its parent's ru_maxrss, here pytest's.
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+
+
+bundle, recording, warm_up = sys.argv[1:]
+classifier = Classifier(bundle)
+# Sessions, imports and onnxruntime's arena (it grows over the first few
+# batches of windows to what a batch needs) in place.
+classifier.classify_file(warm_up)
+# A window every 30 s keeps the test quick; memory does not depend on the hop.
+classifier.window = dataclasses.replace(classifier.window, hop_s=30.0)
+before = peak_mb()
+prediction = classifier.classify_file(recording, segments=True)
+print(json.dumps({"before_mb": before, "after_mb": peak_mb(),
+                  "duration_s": prediction.duration_s, "windows": len(prediction.windows)}))
+"""
+
+
+def test_a_two_hour_recording_is_classified_in_bounded_memory(small_bundle, tmp_path, speech_16k):
+    import json
+
+    import soundfile as sf
+
+    rate, hours = 8000, 2
+    recording = tmp_path / "two-hours.wav"
+    rng = np.random.default_rng(0)
+    minute = np.arange(60 * rate) / rate
+    with sf.SoundFile(recording, "w", rate, 1, "PCM_16") as out:
+        for i in range(60 * hours):
+            out.write((0.2 * np.sin(2 * np.pi * (200 + 10 * i) * minute) + 0.05 * rng.standard_normal(len(minute))).astype(np.float32))
+    warm_up = tmp_path / "warm-up.wav"
+    sf.write(warm_up, np.tile(speech_16k, 36), 16000, subtype="PCM_16")  # 3 min: 6 batches of windows
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(small_bundle), str(recording), str(warm_up)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert measured["duration_s"] == pytest.approx(hours * 3600, abs=0.1)
+    assert measured["windows"] == len(window_bounds(hours * 3600 * 16000, 4 * 16000, 30 * 16000))
+    # The whole recording at 16 kHz in float32 alone would be 460 MB.
+    growth = measured["after_mb"] - measured["before_mb"]
+    assert growth < 100, f"peak RSS grew by {growth:.0f} MB: {measured}"

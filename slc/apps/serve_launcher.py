@@ -1,0 +1,78 @@
+"""The endpoint on this machine: start the application of `slc.apps.serve`
+(and Ray, unless this process is connected to a cluster), use it, stop it.
+What `slc serve` runs; on a cluster, `serve run`/`serve deploy
+serve_config.yaml` does this job instead."""
+
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from slc.apps.serve import APP_NAME, build_app
+from slc.apps.serve_client import post_audio, wait_until_ready
+from slc.config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: bool = True) -> Iterator[str]:
+    """Start the application on this machine (and Ray, unless this process is
+    already connected to a cluster); yield its base URL once it answers;
+    shut Serve (and a Ray started here) down on exit. `show_logs`: print
+    the replicas' request logs here."""
+    import ray
+
+    app = build_app(bundle, config)  # a missing bundle fails before anything starts
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(include_dashboard=False, log_to_driver=show_logs)
+    try:
+        serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
+        serve.run(app, name=APP_NAME, route_prefix="/")
+        url = f"http://{config.host}:{config.port}"
+        wait_until_ready(url)
+        yield url
+    finally:
+        serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a throwaway endpoint. Drawn from below
+    the kernel's ephemeral range (32768+) and above Ray's worker ports
+    (10002-19999), where other connections and Ray itself would race for it."""
+    for port in random.sample(range(20_000, 32_768), 500):
+        with socket.socket() as probe:
+            if probe.connect_ex((host, port)) == 0:
+                continue
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 20000 and 32767 on {host}")
+
+
+def run(bundle: str | Path, config: ServeConfig = ServeConfig()) -> None:
+    """Serve `bundle` on config.host:config.port until Ctrl-C."""
+    with running(bundle, config) as url:
+        log.info("serving %s at %s (Ctrl-C stops)", bundle, url)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+def classify_once(bundle: str | Path, path: str | Path, config: ServeConfig = ServeConfig()) -> tuple[int, dict[str, Any]]:
+    """Start the endpoint, classify `path` over HTTP, stop: a smoke test of
+    the whole serving path."""
+    body = Path(path).read_bytes()
+    with running(bundle, config) as url:
+        return post_audio(url, body)
