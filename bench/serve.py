@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level (at least 4 per client)")
     parser.add_argument("--threads", type=int, default=ServeConfig.threads, help="onnxruntime threads, replica and baseline")
     parser.add_argument("--max-batch-size", type=int, default=ServeConfig.max_batch_size)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=ServeConfig.batch_wait_timeout_s)
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each measurement; the best counts")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
@@ -117,6 +118,7 @@ def main() -> None:
         port=args.port or free_port(),
         threads=args.threads,
         max_batch_size=args.max_batch_size,
+        batch_wait_timeout_s=args.batch_wait_timeout_s,
         max_ongoing_requests=max(ServeConfig.max_ongoing_requests, args.max_batch_size, max(LEVELS)),
     )
     wavs = four_second_wavs(args.clips, 32)

@@ -53,15 +53,23 @@ class FeatureConfig:
 class SplitConfig:
     """Group-aware train/val/test split by a hash of the group."""
 
+    MODES: typing.ClassVar[tuple[str, ...]] = ("hash", "from-release")
+
     train: float = 0.8
     val: float = 0.1
     test: float = 0.1
     seed: int = 0
+    # "from-release": the split the corpus gives a clip (Common Voice's TSVs,
+    # a dataset's split names), a clip without one taking its group's; the
+    # fractions then apply only to groups the release leaves out.
+    mode: str = "hash"
 
     def __post_init__(self) -> None:
         fractions = (self.train, self.val, self.test)
         if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+        if self.mode not in self.MODES:
+            raise ValueError(f"split mode must be one of {list(self.MODES)}, got {self.mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +137,10 @@ class IngestConfig:
     split: SplitConfig = dataclasses.field(default_factory=SplitConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     labels: tuple[str, ...] = ()  # empty: every language the corpus brings
+    # Corpus layout: "auto" (recognised by a look at the input), "tree",
+    # "manifest", "huggingface", "commonvoice", "webdataset" or "lhotse".
+    format: str = "auto"
+    lang_column: str | None = None  # None: the first of language, lang, locale, label
     clips_per_task: int = 16
     rows_per_file: int = 128  # also the unit of parallel writing: smaller files, more parallelism
 
@@ -211,6 +223,20 @@ class WindowConfig:
     # most this length (TrainConfig.eval_max_frames), and attention cost grows
     # with the square of the length.
     whole_clip_max_s: float = 30.0
+    # Hysteresis of the timeline (slc.runtime.smoothing): a language takes
+    # over once its log-probability lead over the current one, capped at
+    # `evidence_cap` nats per window and weighted by the seconds each window
+    # adds, sums to `change_evidence` nat-seconds. With 2 s hops one or two
+    # sure windows (4.4, 8.8: a blip of 2-4 s) never flip the timeline, three do.
+    change_evidence: float = 9.0
+    evidence_cap: float = 2.2  # log(9): a window 90 % sure counts fully
+
+    def __post_init__(self) -> None:
+        if min(self.window_s, self.hop_s, self.change_evidence, self.evidence_cap) <= 0:
+            raise ValueError(
+                f"window_s, hop_s, change_evidence and evidence_cap must be > 0, got {self.window_s}, "
+                f"{self.hop_s}, {self.change_evidence} and {self.evidence_cap}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +249,10 @@ class ExportConfig:
     default_f1_margin: float = 0.005  # the default variant: the fastest within this of fp32
     calibration_clips: int = 64  # validation clips for static int8 calibration
     latency_repeats: int = 30  # timed runs of one 4 s clip per variant (p50 reported)
+    # The default is chosen on speed against fp32 timed in alternation, the
+    # median of this many rounds: one noisy timing must not pick a slower graph.
+    timing_rounds: int = 5
+    min_speedup: float = 1.05  # a variant replaces fp32 as the default only this much faster
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -307,6 +337,37 @@ def default(cls: type, name: str) -> Any:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """`WS /v1/stream`: the limits of one live stream and of a replica, and
+    the voice-activity gate in front of the model."""
+
+    hop_s: float = 0.5  # a partial every hop; a client may ask for 0.25-4 s
+    min_audio_s: float = 1.0  # the first window is scored once this much audio arrived
+    max_stream_s: float = 3600.0  # audio per stream, at the stream's own rate
+    max_streams: int = 64  # open streams per replica; more are refused (close 1013)
+    max_frame_bytes: int = 1 << 20  # larger binary frames close the stream (1009)
+    idle_timeout_s: float = 30.0  # no message for this long closes the stream (1008)
+    # A client more than this far ahead of real time is read no further
+    # until real time catches up (the frames wait in TCP's buffers).
+    max_lead_s: float = 30.0
+    # Voice-activity gate (slc.apps.stream_activity): a window is speech when
+    # its loud 10 ms frames reach `speech_level_db` (dBFS, pre-emphasised)
+    # and their loudness spans `speech_range_db` (syllables come and go;
+    # stationary noise and tones stay within a few dB).
+    speech_level_db: float = -45.0
+    speech_range_db: float = 6.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_s <= 4 or self.min_audio_s <= 0 or self.max_stream_s <= 0:
+            raise ValueError(
+                f"hop_s must be within (0, 4] s and min_audio_s, max_stream_s > 0, "
+                f"got {self.hop_s}, {self.min_audio_s}, {self.max_stream_s}"
+            )
+        if min(self.max_streams, self.max_frame_bytes) < 1 or min(self.idle_timeout_s, self.max_lead_s) <= 0:
+            raise ValueError("max_streams, max_frame_bytes, idle_timeout_s and max_lead_s must be > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """The HTTP endpoint: where it listens, what it accepts, how it batches.
 
@@ -320,12 +381,16 @@ class ServeConfig:
     num_replicas: int = 1
     num_cpus: float = 1.0  # per replica
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.01
+    # Serve waits this long after a batch's first request for more: every
+    # request pays it when they come one at a time; under load batches fill
+    # while the previous one runs, so a short wait costs no throughput.
+    batch_wait_timeout_s: float = 0.002
     # Serve queues at most this many requests per replica; at least
     # max_batch_size, or batches never fill.
     max_ongoing_requests: int = 32
     max_upload_mb: float = 50.0
     max_duration_s: float = 600.0
+    stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
@@ -345,6 +410,7 @@ class LabelConfig:
     """Audio archives -> one row per file: its language, or why it has none."""
 
     FORMATS: typing.ClassVar[tuple[str, ...]] = ("parquet", "csv", "jsonl")
+    SHAPES: typing.ClassVar[tuple[str, ...]] = ("fused", "pool", "auto")
 
     variant: str | None = None  # the bundle's default when None
     format: str = "parquet"
@@ -361,14 +427,30 @@ class LabelConfig:
     # the actors, leaving it to them alone: they must differ.
     cpus_per_actor: float = 1.0
     cpus_per_task: float = 0.5
-    files_per_task: int = 16
+    files_per_task: int = 64  # at most, per task
+    # Audio per task, estimated from file sizes: enough work to outweigh a
+    # task's overhead, little enough to keep every core busy to the end.
+    audio_s_per_task: float = 120.0
+    # "fused": read, decode, featurise and classify in one task (no object
+    # store between them: for small models on CPUs); "pool": classify in an
+    # actor pool of `concurrency` actors (GPUs, large models); "auto": pool
+    # when the cluster has GPUs or the model file is over fused_max_model_mb.
+    shape: str = "auto"
+    fused_max_model_mb: float = 100.0
     rows_per_file: int = 256  # output rows per part file: what an interrupted run keeps
+    # A column (or field) of the inputs' corpus holding each clip's language:
+    # the summary then says how often the labels agree with it.
+    truth_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in self.FORMATS:
             raise ValueError(f"format must be one of {list(self.FORMATS)}, got {self.format!r}")
         if min(self.top_k, self.concurrency, self.threads, self.files_per_task, self.rows_per_file) < 1:
             raise ValueError("top_k, concurrency, threads, files_per_task and rows_per_file must be >= 1")
+        if self.shape not in self.SHAPES:
+            raise ValueError(f"shape must be one of {list(self.SHAPES)}, got {self.shape!r}")
+        if self.audio_s_per_task <= 0:
+            raise ValueError(f"audio_s_per_task must be > 0, got {self.audio_s_per_task}")
         if min(self.cpus_per_actor, self.cpus_per_task) <= 0 or self.cpus_per_actor == self.cpus_per_task:
             raise ValueError(
                 f"cpus_per_actor and cpus_per_task must be > 0 and differ, got {self.cpus_per_actor} and {self.cpus_per_task}"

@@ -9,6 +9,7 @@ images deploy/Dockerfile builds with the extras each needs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 import re
@@ -87,12 +88,25 @@ def _dockerfile() -> tuple[dict[str, str], dict[str, dict]]:
         elif instruction == "FROM":
             base, name = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", rest.strip(), flags=re.IGNORECASE).groups()
             base = re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], base)
-            stage = stages[name] = {"base": base, "workdir": "/", "run": [], "copy": []}
+            stage = stages[name] = {"base": base, "workdir": "/", "run": [], "copy": [], "env": {}}
         elif instruction == "WORKDIR":
             stage["workdir"] = rest.strip()
         elif instruction in ("RUN", "COPY"):
             stage[instruction.lower()].append(rest.strip())
+        elif instruction == "ENV":
+            name, _, value = rest.strip().partition("=")
+            stage["env"][name] = value
     return args, stages
+
+
+def test_the_serve_image_makes_serves_proxy_answer_a_dead_replica_with_json():
+    import importlib
+
+    from ray.serve._private.http_util import validate_http_proxy_callback_return
+
+    callback = _dockerfile()[1]["serve"]["env"]["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]
+    module, _, name = callback.partition(":")
+    assert validate_http_proxy_callback_return(getattr(importlib.import_module(module), name)())
 
 
 def _pip_installs(stage: dict) -> list[list[str]]:
@@ -281,6 +295,8 @@ def _fake_library(monkeypatch, module: str, **functions) -> list[tuple]:
 def _run_entrypoint(monkeypatch, doc: dict) -> None:
     words = shlex.split(doc["spec"]["entrypoint"])
     monkeypatch.setattr(sys, "argv", [str(ROOT / "jobs" / Path(words[1]).name), *words[2:]])
+    # The log of a finished command goes to OUT, here a bucket that exists only on the cluster.
+    monkeypatch.setattr("slc.apps.terminal.job", lambda *args, **kwargs: contextlib.nullcontext())
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(sys.argv[0], run_name="__main__")
     assert exit_.value.code in (0, None), f"{' '.join(words)} exited with {exit_.value.code}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from slc import config as cfg
-from slc.apps import options
+from slc.apps import options, terminal
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Spoken language classifier on Ray.")
 
@@ -40,14 +39,10 @@ def _training_extra(command: str) -> Iterator[None]:
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logger = logging.getLogger("slc")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("slc: %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False  # libraries that configure the root logger would print each line twice
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's output, warnings and debug lines on the terminal too (they always go to OUT/logs/slc.log).")] = False,
+) -> None:
+    terminal.configure(verbose)
 
 
 @app.command()
@@ -107,7 +102,8 @@ def ingest(
             "audio.trim_silence": trim, "augment.copies": augment,
         }  # fmt: skip
         settings = cfg.resolve(cfg.IngestConfig, config, flags)
-        summary = run_ingest(corpus, out, settings, overwrite=overwrite)
+        with terminal.job(out), terminal.Bar("featurizing", "clip") as bar:
+            summary = run_ingest(corpus, out, settings, overwrite=overwrite, progress=bar)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(format_ingest_summary(summary))
@@ -183,7 +179,8 @@ def train(
             "keep_checkpoints": keep, "seed": seed,
         }  # fmt: skip
         settings = cfg.resolve(cfg.TrainConfig, config, flags)
-        best = run_train(shards, out, settings, overwrite=overwrite, resume=resume)
+        with terminal.job(out), terminal.Bar("training", "step") as bar:
+            best = run_train(shards, out, settings, overwrite=overwrite, resume=resume, progress=bar)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(
@@ -232,7 +229,8 @@ def export(
     try:
         flags = {"max_f1_loss": max_f1_loss, "calibration_clips": calibration_clips, "latency_repeats": latency_repeats}
         settings = cfg.resolve(cfg.ExportConfig, config, flags)
-        manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite, config=settings)
+        with terminal.job(bundle, uses_ray=False), terminal.Bar("scoring variants", "variant") as bar:
+            manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite, config=settings, progress=bar)
     except _USER_ERRORS + (ExportError,) as error:
         raise _fail(error) from None
     typer.echo(variants_table(manifest))
@@ -330,6 +328,46 @@ def serve(
 
 
 @app.command()
+def stream(
+    source: Annotated[str, typer.Argument(help="An audio file, or - for raw PCM on standard input (arecord, ffmpeg).")],
+    url: Annotated[str, typer.Option(help="The endpoint `slc serve` runs.")] = "http://127.0.0.1:8000",
+    realtime: Annotated[bool, typer.Option(help="Send a file at real time (as a microphone would), not as fast as the server takes it.")] = False,
+    rate: Annotated[int, typer.Option(help="Standard input: sample rate in Hz.")] = 16000,
+    channels: Annotated[int, typer.Option(help="Standard input: channels.")] = 1,
+    encoding: Annotated[str, typer.Option(help="Standard input: pcm_s16le or f32le.")] = "pcm_s16le",
+    allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    hop: Annotated[Optional[float], typer.Option(help="Seconds between partials; default: the server's.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Events as JSON lines.")] = False,
+) -> None:
+    """Stream audio to WS /v1/stream and print the live events. Exit status
+    2 when the audio cannot be read or the server closed the stream for an error."""
+    import sys
+
+    from slc.audio import AudioError
+    from slc.apps.stream_client import FRAME_S, file_frames, format_event, pipe_frames, stream_events
+
+    start = {"sample_rate": rate, "encoding": encoding, "channels": channels}
+    if source == "-":
+        width = {"pcm_s16le": 2, "f32le": 4}.get(encoding, 2) * channels
+        frames = pipe_frames(sys.stdin.buffer, int(FRAME_S * rate) * width, width)
+    else:
+        start = {"sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
+        frames = file_frames(source)
+    start.update({k: v for k, v in {"allow": allow.split(",") if allow else None, "min_confidence": min_confidence, "hop_s": hop}.items() if v is not None})
+
+    def show(event: dict) -> None:
+        typer.echo(json.dumps(event) if as_json else format_event(event))
+
+    try:
+        closed = stream_events(url, frames, start, realtime and source != "-", show)
+    except (*_USER_ERRORS, AudioError) as error:
+        raise _fail(error) from None
+    if closed is not None:
+        raise _fail(f"the server closed the stream: {closed['code']} {closed['reason']}")
+
+
+@app.command()
 def label(
     inputs: Annotated[list[str], typer.Argument(help="Directories, globs, .tar/.tar.gz/.zip archives, manifests (CSV with a path column, or a .txt of paths) or URIs such as s3://bucket/audio.")],
     bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
@@ -342,11 +380,13 @@ def label(
     allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr. (default: all)")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
     max_duration: Annotated[Optional[float], typer.Option(help="Longest recording accepted (s); default: the bundle's.")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(help=options.with_default("Classifier actors.", cfg.LabelConfig, "concurrency"))] = None,
-    threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads per actor.", cfg.LabelConfig, "threads"))] = None,
+    concurrency: Annotated[Optional[int], typer.Option(help=options.with_default("Classifier actors (pool shape).", cfg.LabelConfig, "concurrency"))] = None,
+    threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads per actor (pool) or task (fused).", cfg.LabelConfig, "threads"))] = None,
     cpus_per_actor: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per classifier actor.", cfg.LabelConfig, "cpus_per_actor"))] = None,
     cpus_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.", cfg.LabelConfig, "cpus_per_task"))] = None,
-    files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Files per read task.", cfg.LabelConfig, "files_per_task"))] = None,
+    files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Most files per task.", cfg.LabelConfig, "files_per_task"))] = None,
+    audio_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Seconds of audio per task, estimated from file sizes.", cfg.LabelConfig, "audio_s_per_task"))] = None,
+    shape: Annotated[Optional[str], typer.Option(help=options.with_default("fused (read, decode, featurise and classify in one task: small models on CPUs), pool (classify in an actor pool: GPUs, large models) or auto.", cfg.LabelConfig, "shape"))] = None,
     rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Rows per output file: what an interrupted run keeps.", cfg.LabelConfig, "rows_per_file"))] = None,
     truth_column: Annotated[Optional[str], typer.Option(help="Column (or field) of the inputs' dataset holding each clip's language: the summary says how often the labels agree with it.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip the files OUT already has an answer for (same bundle and settings); retry those that failed for a transient reason (unreadable, failed).")] = False,
@@ -361,9 +401,11 @@ def label(
             "min_confidence": min_confidence, "max_duration_s": max_duration, "concurrency": concurrency,
             "threads": threads, "cpus_per_actor": cpus_per_actor, "cpus_per_task": cpus_per_task,
             "files_per_task": files_per_task, "rows_per_file": rows_per_file, "truth_column": truth_column,
+            "audio_s_per_task": audio_per_task, "shape": shape,
         }  # fmt: skip
         settings = cfg.resolve(cfg.LabelConfig, config, flags)
-        summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite)
+        with terminal.job(out), terminal.Bar("labelling", "file") as bar:
+            summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite, progress=bar)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(format_summary(summary))

@@ -24,7 +24,10 @@ from slc.config import LabelConfig
 
 SETTINGS_FILE = "settings.json"
 # Settings that change how fast a run goes, not what it writes: a resumed run may change them.
-_SPEED_SETTINGS = ("concurrency", "threads", "cpus_per_actor", "cpus_per_task", "files_per_task", "rows_per_file")
+_SPEED_SETTINGS = (
+    "concurrency", "threads", "cpus_per_actor", "cpus_per_task", "files_per_task", "rows_per_file",
+    "audio_s_per_task", "shape", "fused_max_model_mb",
+)  # fmt: skip
 _NESTED = ("probabilities", "segments")  # JSON text in a CSV cell
 
 OUTCOME_SCHEMA = pa.schema(

@@ -2,6 +2,7 @@
 
     POST /v1/classify   audio as multipart field `file` or as the raw body
                         ?top_k=3&segments=true&allow=de,fr&min_confidence=0.5
+    WS   /v1/stream     live detection over a WebSocket (slc.apps.stream)
     GET  /v1/labels     the languages the model knows
     GET  /healthz       the replica is alive
     GET  /readyz        the bundle is loaded and answers
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
@@ -41,6 +42,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from slc import audio
+from slc.apps.serve_metrics import RequestMetrics, record_batch, record_classified
+from slc.apps.stream import StreamHub
 from slc.config import ServeConfig, from_dict, to_dict
 from slc.labels import LabelError, normalize
 from slc.runtime.classifier import Classifier, Prediction
@@ -84,6 +87,7 @@ class Options:
 
 
 api = FastAPI(title="slc", docs_url=None, redoc_url=None)
+api.add_middleware(RequestMetrics)
 
 
 def _error(status: int, error: str, detail: str) -> JSONResponse:
@@ -176,6 +180,10 @@ class LanguageService:
         # One second of noise through the model: the replica is ready only
         # once the bundle answers, and the first request pays no warm-up.
         self.classifier.probabilities([np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1])
+        self.streams = StreamHub(
+            self.config.stream, self.classifier.window, self.classifier.labels.codes,
+            self.classifier.feature_config.sample_rate, self._score_windows,
+        )  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this with the deployment's `user_config` at start and
@@ -203,6 +211,18 @@ class LanguageService:
             "replica": serve.get_replica_context().replica_id.unique_id,
         }
 
+    @api.websocket("/v1/stream")
+    async def stream(self, websocket: WebSocket) -> None:
+        """Live detection: protocol in slc.apps.stream."""
+        await self.streams.run(websocket)
+
+    @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s)
+    async def _score_windows(self, clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Windows of live streams, one a call, batched across streams ->
+        each window's probabilities."""
+        scores = await asyncio.to_thread(self.classifier.probabilities, clips)
+        return list(scores)
+
     @api.get("/v1/labels")
     async def labels(self) -> dict[str, Any]:
         return {
@@ -228,6 +248,7 @@ class LanguageService:
         prediction = await self._classify(clip, options, name)
         if isinstance(prediction, ApiError):
             raise prediction
+        record_classified(prediction.language, prediction.duration_s)
         # A JSONResponse skips FastAPI's response-model pass over the answer.
         return JSONResponse({**prediction.to_dict(top_k), "model": self.classifier.info})
 
@@ -303,6 +324,7 @@ class LanguageService:
         that fails, each goes alone, so a clip the model fails on gets its
         own 500 (an ApiError, returned for its request) and the others their
         answers."""
+        record_batch(len(clips))
         groups: dict[Options, list[int]] = defaultdict(list)
         for i, asked in enumerate(options):
             groups[asked].append(i)

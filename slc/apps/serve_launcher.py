@@ -16,6 +16,7 @@ from ray import serve
 
 from slc.apps.serve import APP_NAME, build_app
 from slc.apps.serve_client import post_audio, wait_until_ready
+from slc.apps.serve_proxy import with_json_errors
 from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,15 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     """Start the application on this machine (and Ray, unless this process is
     already connected to a cluster); yield its base URL once it answers;
     shut Serve (and a Ray started here) down on exit. `show_logs`: print
-    the replicas' request logs here."""
+    the replicas' request logs here. A Ray started here gives the proxy
+    JSON errors (`slc.apps.serve_proxy`); a cluster needs them set where
+    `ray start` runs."""
     import ray
 
     app = build_app(bundle, config)  # a missing bundle fails before anything starts
     started_ray = not ray.is_initialized()
     if started_ray:
+        with_json_errors()  # the proxy, started by this Ray, inherits it
         ray.init(include_dashboard=False, log_to_driver=show_logs)
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})

@@ -5,7 +5,10 @@ naming a file, a directory (every file under it), a glob (`audio/**/*.wav`,
 `s3://bucket/audio/*.wav`), a `.tar`/`.tar.gz`/`.tgz`/`.zip` archive (members
 named `archive.tar::member`) or a manifest (a CSV/TSV with a `path` column, or
 a `.txt`/`.lst` file with one path per line; relative paths resolve against
-the manifest's folder).
+the manifest's folder). A corpus in a format of `slc.batch.formats` (a Hugging
+Face dataset, a Common Voice release, WebDataset shards, lhotse manifests)
+lists its clips instead of its files: rows named `<table>::<row>`, samples
+`<shard>::<member>`, segments `<audio file>::<id>`.
 
 Hidden files (a name, or a folder below the input, starting with `.`) are
 skipped and counted. An item is a dict (a Ray Data row) with:
@@ -18,6 +21,7 @@ skipped and counted. An item is a dict (a Ray Data row) with:
     offset, size   its byte range within `source` (plain tar members), else None
     data    its bytes (compressed tar members, read once at listing), else None
     error, detail  why it cannot be read, when listing already knows (else None)
+    span    (start_s, duration_s) of a segment cut from the decoded file, else None
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import pyarrow.fs as pafs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
 from slc import audio, storage
-from slc.batch import archives
+from slc.batch import archives, formats, segments
+from slc.batch.formats import huggingface, webdataset
 
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".txt", ".lst")  # as inputs; inside a directory they are files like any other
 MEMBER_SEPARATOR = "::"
@@ -55,11 +60,13 @@ class NoAudioError(audio.AudioError):
 @dataclasses.dataclass
 class Listing:
     """Items sorted by `path`, each once; the filesystems they index; how many
-    hidden files were skipped."""
+    hidden files were skipped; the language each item's own corpus gives it,
+    by path (for inputs in a format that carries one)."""
 
     items: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     filesystems: list[pafs.FileSystem] = dataclasses.field(default_factory=list)
     skipped_hidden: int = 0
+    languages: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def fs_index(self, fs: pafs.FileSystem) -> int:
         """The index of `fs` among `filesystems`, adding it when new."""
@@ -80,23 +87,42 @@ class Tree:
 
 
 def item(path: str, fs: int, source: str, **fields: Any) -> dict[str, Any]:
-    """An item with every key set: `fields` among member, offset, size, data, error, detail."""
+    """An item with every key set: `fields` among member, offset, size, data, error, detail, span."""
     row = {"path": path, "fs": fs, "source": source, "member": None, "offset": None, "size": None, "data": None}
-    return {**row, "error": None, "detail": None, **fields}
+    return {**row, "error": None, "detail": None, "span": None, **fields}
 
 
-def list_inputs(inputs: Sequence[str | Path]) -> Listing:
-    """Every file named by `inputs`, archives opened. Raises InputError for an
-    input that names nothing; a directory or archive without files, or an
-    archive that cannot be read, is an item with its `error` set."""
+def list_inputs(inputs: Sequence[str | Path], lang_column: str | None = None) -> Listing:
+    """Every file (or clip of a corpus format) named by `inputs`, archives
+    opened. `lang_column` names the column or field holding a clip's language
+    in formats that have them (see `slc.batch.formats.read`). Raises
+    InputError for an input that names nothing or a corpus file that does
+    not hold what its format says; a directory or archive without files, or
+    an archive that cannot be read, is an item with its `error` set."""
     listing = Listing()
     found: dict[str, dict[str, Any]] = {}
     for location in inputs:
         for fs, path, shown in _locations(str(location), listing):
-            for entry in _expand(fs, path, shown, listing):
-                found.setdefault(entry["path"], entry)
+            try:
+                for entry in _expand(fs, path, shown, listing, lang_column):
+                    found.setdefault(entry["path"], entry)
+            except formats.FormatError as error:
+                raise InputError(str(error)) from None
     listing.items = sorted(found.values(), key=lambda entry: entry["path"])
     return listing
+
+
+def record_path(shown: str, path: str, record: formats.Record) -> str:
+    """What outputs call a corpus record found under `path` (shown as `shown`):
+    its file's shown name, then `::` and its name within the file."""
+    file = shown_as(shown, path, record.source)
+    return file if record.name is None else f"{file}{MEMBER_SEPARATOR}{record.name}"
+
+
+def record_fields(record: formats.Record) -> dict[str, Any]:
+    """The item fields (see `item`) that say how to read a record's bytes."""
+    span = None if record.span is None else list(record.span)
+    return dict(member=record.member, offset=record.offset, size=record.size, data=record.data, span=span)
 
 
 def walk(fs: pafs.FileSystem, root: str) -> Tree:
@@ -175,16 +201,44 @@ def _glob(fs: pafs.FileSystem, pattern: str, listing: Listing) -> list[str]:
     return sorted(matches)
 
 
-def _expand(fs: pafs.FileSystem, path: str, shown: str, listing: Listing) -> list[dict[str, Any]]:
+# Formats recognised by a look at an input; WebDataset shards are recognised
+# from the members an archive is listed by, so a compressed one is read once.
+_INPUT_FORMATS = tuple(name for name in formats.FORMATS if name != "webdataset")
+
+
+def _expand(
+    fs: pafs.FileSystem, path: str, shown: str, listing: Listing, lang_column: str | None
+) -> list[dict[str, Any]]:
     if fs.get_file_info(path).type == pafs.FileType.Directory:
         tree = walk(fs, path)
         listing.skipped_hidden += tree.skipped_hidden
         if not tree.files:
             return [_failed(shown, fs, path, listing, NoAudioError(shown, _nothing("directory", tree.skipped_hidden)))]
-        return [entry for file in tree.files for entry in _file_items(fs, file, shown_as(shown, path, file), listing)]
+        kind = formats.detect(fs, path, tree.files, _INPUT_FORMATS)
+        if kind is not None:
+            return _record_items(formats.read(kind, fs, path, tree.files, lang_column), fs, path, shown, listing)
+        files = [(fs, file, shown_as(shown, path, file)) for file in tree.files]
+        return [entry for found in files for entry in _file_items(*found, listing, lang_column)]
     if path.lower().endswith(MANIFEST_SUFFIXES):
-        return [entry for found in _manifest_entries(fs, path, shown) for entry in _file_items(*found, listing)]
-    return _file_items(fs, path, shown, listing)
+        found = _manifest_entries(fs, path, shown)
+        return [entry for named in found for entry in _file_items(*named, listing, lang_column)]
+    kind = formats.detect(fs, path, None, _INPUT_FORMATS)
+    if kind is not None:
+        return _record_items(formats.read(kind, fs, path, None, lang_column), fs, path, shown, listing)
+    return _file_items(fs, path, shown, listing, lang_column)
+
+
+def _record_items(
+    records: list[formats.Record], fs: pafs.FileSystem, path: str, shown: str, listing: Listing
+) -> list[dict[str, Any]]:
+    """Items of a corpus's records, their languages noted in `listing`."""
+    index = listing.fs_index(fs)
+    items = []
+    for record in records:
+        items.append(item(record_path(shown, path, record), index, record.source, **record_fields(record)))
+        if record.lang is not None:
+            listing.languages[items[-1]["path"]] = record.lang
+    return items
 
 
 def _nothing(kind: str, hidden: int) -> str:
@@ -201,7 +255,9 @@ def _manifest_entries(fs: pafs.FileSystem, path: str, shown: str) -> list[tuple[
     return [resolve_entry(fs, path, shown, name) for name in names if name]
 
 
-def _file_items(fs: pafs.FileSystem, path: str, shown: str, listing: Listing) -> list[dict[str, Any]]:
+def _file_items(
+    fs: pafs.FileSystem, path: str, shown: str, listing: Listing, lang_column: str | None = None
+) -> list[dict[str, Any]]:
     index = listing.fs_index(fs)
     if not archives.is_archive(path):
         return [item(shown, index, path)]
@@ -213,6 +269,9 @@ def _file_items(fs: pafs.FileSystem, path: str, shown: str, listing: Listing) ->
     listing.skipped_hidden += len(members) - len(visible)
     if not visible:
         return [_failed(shown, fs, path, listing, NoAudioError(shown, _nothing("archive", len(members))))]
+    if webdataset.is_shard(path) and webdataset.holds_samples(visible):
+        records = webdataset.shard_records(fs, path, visible, None, lang_column)
+        return _record_items(records, fs, path, shown, listing)
     return [
         item(f"{shown}{MEMBER_SEPARATOR}{m.name}", index, path, member=m.stored, offset=m.offset, size=m.size, data=m.data)
         for m in visible
@@ -240,6 +299,9 @@ def read_bytes(items: list[dict[str, Any]], filesystems: list[pafs.FileSystem]) 
     for (index, source), chosen in by_file.items():
         for i, read in zip(chosen, _read_members(filesystems[index], source, [items[i] for i in chosen])):
             data[i] = read
+    for i, entry in enumerate(items):
+        if entry.get("span") is not None and isinstance(data[i], bytes):
+            data[i] = segments.cut(data[i], tuple(entry["span"]), entry["path"])
     return data
 
 
@@ -253,6 +315,8 @@ def _read_file(fs: pafs.FileSystem, source: str, shown: str) -> bytes | Exceptio
 
 def _read_members(fs: pafs.FileSystem, source: str, members: list[dict[str, Any]]) -> list[bytes | Exception]:
     try:
+        if huggingface.is_table(source):
+            return _read_rows(fs, source, members)
         if members[0]["offset"] is not None:
             return list(archives.read_ranges(fs, source, [(m["offset"], m["size"]) for m in members]))
         found = archives.read_zip_members(fs, source, {m["member"] for m in members})
@@ -260,3 +324,10 @@ def _read_members(fs: pafs.FileSystem, source: str, members: list[dict[str, Any]
         return [audio.UnreadableAudioError(m["path"], f"archive not readable ({error})") for m in members]
     missing = "member not found in the archive"
     return [found[m["member"]] if m["member"] in found else audio.UnreadableAudioError(m["path"], missing) for m in members]
+
+
+def _read_rows(fs: pafs.FileSystem, source: str, rows: list[dict[str, Any]]) -> list[bytes | Exception]:
+    """The audio bytes of table rows (`member`: the row number)."""
+    found = huggingface.read_rows(fs, source, [int(row["member"]) for row in rows])
+    missing = "the row holds no audio bytes"
+    return [data if data else audio.EmptyAudioError(row["path"], missing) for row, data in zip(rows, found)]

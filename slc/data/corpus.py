@@ -1,15 +1,20 @@
 """Find the clips of a corpus and give each a language, a group and a split.
 
-Two layouts are understood:
+Layouts understood (`FORMATS`; recognised by a look at the input, or named):
 
-- a VoxLingua107-style tree, `<root>/<lang>/**/<audio>`; a `manifest.csv` or
+- `tree`: `<root>/<lang>/**/<audio>`, as VoxLingua107; a `manifest.csv` or
   `manifest.tsv` at the root may add `group` and `split` for the files it names;
-- a CSV/TSV manifest with columns `path,lang` and optional `group`, `split`
-  (relative paths resolve against the manifest's folder).
+- `manifest`: a CSV/TSV with columns `path,lang` and optional `group`, `split`
+  (relative paths resolve against the manifest's folder);
+- the formats of `slc.batch.formats`: `huggingface` (`save_to_disk` or
+  Parquet), `commonvoice`, `webdataset`, `lhotse`.
 
-A clip's group is its manifest `group`, else the YouTube id that prefixes
-VoxLingua107 file names (`<id>__U__S...`), else its parent folder. Whole groups
-go to one split, so validation and test speakers are never heard in training.
+A clip's group is its manifest `group` or its speaker where the corpus names
+one, else the YouTube id that prefixes VoxLingua107 file names
+(`<id>__U__S...`), else its parent folder (a row or sample: itself). Whole
+groups go to one split, so validation and test speakers are never heard in
+training: by a hash of the group, or (`SplitConfig.mode = "from-release"`)
+the split the corpus itself gives, a clip without one taking its group's.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path, PurePath, PurePosixPath
 import pyarrow.fs as pafs
 
 from slc import storage
-from slc.batch import inputs
+from slc.batch import formats, inputs
 from slc.config import SplitConfig
 from slc.labels import LabelError, LabelSet, normalize
 
@@ -31,6 +36,7 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64"}
 )
 MANIFEST_NAMES = ("manifest.csv", "manifest.tsv")
+FORMATS = ("auto", "tree", "manifest", *formats.FORMATS)
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 
@@ -46,7 +52,13 @@ class Clip:
     lang: str  # normalised language code
     group: str
     split: str
-    source: str  # its path within the corpus's filesystem
+    source: str  # the file holding it, within the corpus's filesystem
+    # How to read its bytes from `source`, as `slc.batch.inputs` items say.
+    member: str | None = None
+    offset: int | None = None
+    size: int | None = None
+    data: bytes | None = None
+    span: list[float] | None = None  # (start_s, duration_s) of a segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,36 +78,130 @@ class _Entry:
     split: str | None = None
 
 
-def discover(source: str | Path, labels: LabelSet | None = None, split: SplitConfig = SplitConfig()) -> Corpus:
-    """All clips of a tree or manifest (a local path or a URI), sorted by id.
+def discover(
+    source: str | Path,
+    labels: LabelSet | None = None,
+    split: SplitConfig = SplitConfig(),
+    layout: str = "auto",
+    lang_column: str | None = None,
+) -> Corpus:
+    """All clips of a corpus (a local path or a URI), sorted by id.
 
-    `labels` restricts the corpus to those languages, in that order; clips of
-    other languages are counted in `Corpus.excluded`. Without it the label set
-    is every language found.
+    `layout` is one of FORMATS (`auto`: recognised by a look at the input);
+    `lang_column` names the column or field holding the language in formats
+    that have them. `labels` restricts the corpus to those languages, in that
+    order; clips of other languages are counted in `Corpus.excluded`. Without
+    it the label set is every language found.
     """
+    if layout not in FORMATS:
+        raise CorpusError(f"unknown corpus format {layout!r}; use one of {list(FORMATS)}")
     location = str(source)
     fs, path = storage.resolve(location)
     shown = inputs.shown_name(location, path)
     kind, hidden = fs.get_file_info(path).type, 0
+    files = None
     if kind == pafs.FileType.Directory:
+        tree = inputs.walk(fs, path)
+        files, hidden = tree.files, tree.skipped_hidden
+    elif kind != pafs.FileType.File:
+        raise CorpusError(f"{shown}: no such file or directory")
+    if layout == "auto":
+        layout = formats.detect(fs, path, files) or ("tree" if files is not None else "manifest")
+    if layout in formats.FORMATS:
+        clips = _format_clips(fs, path, shown, files, layout, lang_column, split)
+    else:
+        clips = _layout_clips(fs, path, shown, files, layout, split)
+    return _restricted(clips, labels, fs, hidden)
+
+
+def _layout_clips(
+    fs: pafs.FileSystem, path: str, shown: str, files: list[str] | None, layout: str, split: SplitConfig
+) -> list[Clip]:
+    """The clips of a tree (`files` under the directory `path`) or a manifest."""
+    if (layout == "tree") != (files is not None):
+        expected = "a directory" if layout == "tree" else "a CSV/TSV file"
+        raise CorpusError(f"{shown}: a {layout} corpus is {expected}")
+    if files is not None:
         root = path
-        tree = inputs.walk(fs, root)
-        hidden = tree.skipped_hidden
-        entries = {e.path: e for e in _tree_entries(tree.files, root, shown)}
+        entries = {e.path: e for e in _tree_entries(files, root, shown)}
         manifests = [storage.join(root, name) for name in MANIFEST_NAMES]
         manifest = next((m for m in manifests if fs.get_file_info(m).type == pafs.FileType.File), None)
         if manifest is not None:
             entries.update({e.path: e for e in read_manifest(fs, manifest, inputs.shown_as(shown, root, manifest))})
-    elif kind == pafs.FileType.File:
+    else:
         root = posixpath.dirname(path)
         entries = {e.path: e for e in read_manifest(fs, path, shown)}
-    else:
-        raise CorpusError(f"{shown}: no such file or directory")
     if not entries:
         raise CorpusError(f"{shown}: no audio files found (expected <root>/<lang>/**/<audio> or a manifest)")
-
     shown_root = inputs.shown_as(shown, path, root)
-    clips = sorted((_to_clip(e, root, shown_root, split) for e in entries.values()), key=lambda c: c.id)
+    clips = [_to_clip(e, root, shown_root, split) for e in entries.values()]
+    return _grouped_splits(clips, {}, split)
+
+
+def _format_clips(
+    fs: pafs.FileSystem,
+    path: str,
+    shown: str,
+    files: list[str] | None,
+    layout: str,
+    lang_column: str | None,
+    split: SplitConfig,
+) -> list[Clip]:
+    """The clips of a corpus in one of `formats.FORMATS`, with their release splits when asked for."""
+    try:
+        records = formats.read(layout, fs, path, files, lang_column)
+    except formats.FormatError as error:
+        raise CorpusError(str(error)) from None
+    root = path if files is not None else posixpath.dirname(path)
+    clips, release = [], {}
+    for record in records:
+        relative = posixpath.relpath(record.source, root)
+        clip_id = (record.source if relative.startswith("../") else relative) + (f"::{record.name}" if record.name else "")
+        group, where = record.group or clip_id, inputs.record_path(shown, path, record)
+        if record.lang is None:
+            raise CorpusError(f"{where}: no language")
+        if split.mode == "from-release" and record.split is not None:
+            release[clip_id] = _split(record.split, where)
+        clips.append(
+            Clip(
+                id=clip_id,
+                path=where,
+                lang=_lang(record.lang, where),
+                group=group,
+                split=split_of(group, split),
+                source=record.source,
+                **inputs.record_fields(record),
+            )
+        )
+    return _grouped_splits(clips, release, split)
+
+
+def _grouped_splits(clips: list[Clip], release: dict[str, str], config: SplitConfig) -> list[Clip]:
+    """`clips` sorted by id; with `release` (clip id -> the corpus's split),
+    each clip in its release split, else its group's, else its own. Raises
+    CorpusError when a release puts one group in two splits."""
+    if not release:
+        return sorted(clips, key=lambda c: c.id)
+    by_group: dict[str, set[str]] = defaultdict(set)
+    for clip in clips:
+        if clip.id in release:
+            by_group[clip.group].add(release[clip.id])
+    spanning = {group: sorted(found) for group, found in by_group.items() if len(found) > 1}
+    if spanning:
+        group, found = next(iter(sorted(spanning.items())))
+        raise CorpusError(
+            f"the release puts {len(spanning)} group(s) in more than one split, e.g. {group!r} in {found}: "
+            "use the hash split (leave out --split from-release)"
+        )
+    placed = [
+        dataclasses.replace(clip, split=release.get(clip.id) or next(iter(by_group.get(clip.group, ())), clip.split))
+        for clip in clips
+    ]
+    return sorted(placed, key=lambda c: c.id)
+
+
+def _restricted(clips: list[Clip], labels: LabelSet | None, fs: pafs.FileSystem, hidden: int) -> Corpus:
+    """The corpus of `clips`, kept to `labels` (in that order) when given."""
     found = LabelSet.from_found(c.lang for c in clips)
     if labels is None:
         return Corpus(clips, found, {}, fs, hidden)

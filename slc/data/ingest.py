@@ -12,6 +12,7 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import ray
 from slc import __version__, config as cfg, storage
 from slc.batch import accounting, inputs
 from slc.batch.decode import decode_items
+from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.data import augment
 from slc.config import FeatureConfig, IngestConfig
 from slc.data.corpus import SPLITS, Corpus, discover
@@ -35,21 +37,25 @@ from slc.data.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, featu
 log = logging.getLogger(__name__)
 
 
-def ingest(corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), overwrite: bool = False) -> dict[str, Any]:
+def ingest(
+    corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Featurize every clip of `corpus` into shards under `out` (a path or URI).
 
     Returns the summary also written to `out/summary.json`. Raises
     `StorageError` when `out` has contents and not `overwrite`.
+    `progress(clips done, clips discovered)` follows the featurizing tasks.
     """
     started = time.perf_counter()
     fs, root = storage.prepare_output(out, overwrite)
     labels = LabelSet.parse(config.labels) if config.labels else None
-    found = discover(corpus, labels, config.split)
+    found = discover(corpus, labels, config.split, config.format, config.lang_column)
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
 
     sink = ShardSink(fs, root, config.rows_per_file)
-    with without_resource_reservation():
-        _featurize(found, config).write_datasink(sink)
+    with without_resource_reservation(), relay(_counting(progress, len(found.clips))) as report:
+        _featurize(found, config, report).write_datasink(sink)
     outcome = sink.outcomes
     rejects = outcome.filter(pc.is_valid(outcome["reason"])).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
     with fs.open_output_stream(storage.join(root, "rejects.parquet")) as stream:
@@ -67,25 +73,45 @@ def clip_items(found: Corpus) -> list[dict[str, Any]]:
     """The clips of `found` as items (see `slc.batch.inputs`) on
     `[found.filesystem]`, with their `id, lang, split, group`."""
     return [
-        {**inputs.item(c.path, 0, c.source), "id": c.id, "lang": c.lang, "split": c.split, "group": c.group}
+        {
+            **inputs.item(c.path, 0, c.source, member=c.member, offset=c.offset, size=c.size, data=c.data, span=c.span),
+            "id": c.id, "lang": c.lang, "split": c.split, "group": c.group,
+        }  # fmt: skip
         for c in found.clips
     ]
 
 
-def _featurize(found: Corpus, config: IngestConfig) -> ray.data.Dataset:
+def _counting(progress: ProgressFn | None, total: int) -> Callable[[dict[str, Any]], None] | None:
+    """Tasks' `{"clips": n}` events -> `progress(clips done, total)`."""
+    if progress is None:
+        return None
+    done = 0
+
+    def on_event(event: dict[str, Any]) -> None:
+        nonlocal done
+        done += event["clips"]
+        progress(done, total)
+
+    return on_event
+
+
+def _featurize(found: Corpus, config: IngestConfig, report: Reporter | None = None) -> ray.data.Dataset:
     items = clip_items(found)
     blocks = max(1, math.ceil(len(items) / config.clips_per_task))
     return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        functools.partial(featurize_batch, config=config, filesystems=[found.filesystem]),
+        functools.partial(featurize_batch, config=config, filesystems=[found.filesystem], report=report),
         batch_format="pyarrow",
         batch_size=config.clips_per_task,
     )
 
 
-def featurize_batch(batch: pa.Table, config: IngestConfig, filesystems: list[pafs.FileSystem]) -> pa.Table:
+def featurize_batch(
+    batch: pa.Table, config: IngestConfig, filesystems: list[pafs.FileSystem], report: Reporter | None = None
+) -> pa.Table:
     """Clip items (from `clip_items`) -> rows of CLIP_OUTCOME_SCHEMA:
     features for a clip that loads, plus `config.augment.copies` augmented
-    copies of a training clip; reason and detail for a clip that does not."""
+    copies of a training clip; reason and detail for a clip that does not.
+    `report(clips=n)`, if given, when the batch is done."""
     fbank = _fbank(config.features)
     clips = batch.to_pylist()
     rows: list[dict[str, Any]] = []
@@ -109,6 +135,8 @@ def featurize_batch(batch: pa.Table, config: IngestConfig, filesystems: list[paf
             })
     columns = {name: [row.get(name) for row in rows] for name in CLIP_OUTCOME_SCHEMA.names}
     columns["features"] = features_column(columns["features"])
+    if report:
+        report(clips=len(clips))
     return pa.table(columns, schema=CLIP_OUTCOME_SCHEMA)
 
 

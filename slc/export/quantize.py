@@ -8,7 +8,8 @@ Variants (onnxruntime.quantization and onnxruntime's fp16 converter):
     fp16           float16 weights and arithmetic, float32 inputs and outputs
 
 Each variant, and the fp32 graph it came from, is scored on the validation
-and test clips (macro F1, IoU) and timed on one 4 s clip on one thread.
+and test clips (macro F1, IoU) and timed on one 4 s clip on one thread, alone
+(p50) and against fp32 in alternation (the speed-up the default is chosen on).
 """
 
 from __future__ import annotations
@@ -136,9 +137,9 @@ def measure(
     return row
 
 
-def p50_ms(run: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `run` in ms, after three warm-up calls."""
-    for _ in range(3):
+def p50_ms(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of `run` in ms, after `warmup` calls."""
+    for _ in range(warmup):
         run()
     times = []
     for _ in range(repeats):
@@ -146,6 +147,30 @@ def p50_ms(run: Callable[[], object], repeats: int) -> float:
         run()
         times.append(time.perf_counter() - started)
     return 1000.0 * statistics.median(times)
+
+
+def paired_speedups(
+    runs: dict[str, Callable[[], object]],
+    rounds: int,
+    repeats: int,
+    timer: Callable[[Callable[[], object], int], float] = lambda run, repeats: p50_ms(run, repeats, warmup=1),
+) -> dict[str, float]:
+    """How many times faster than fp32 each of `runs` (variant name -> one
+    forward pass; `bundle.FP32` among them) is: the median over `rounds` of
+    fp32's time over the variant's, each `timer(run, repeats)` in ms. Each
+    round times fp32 and the variant back to back, in alternating order, so
+    load from elsewhere on the machine slows both alike and a single noisy
+    round cannot decide. fp32 itself -> 1.0."""
+    reference = runs[bundles.FP32]
+    ratios: dict[str, list[float]] = {name: [] for name in runs if name != bundles.FP32}
+    for round_ in range(rounds):
+        for name, ratio in ratios.items():
+            if round_ % 2:
+                variant_ms, fp32_ms = timer(runs[name], repeats), timer(reference, repeats)
+            else:
+                fp32_ms, variant_ms = timer(reference, repeats), timer(runs[name], repeats)
+            ratio.append(fp32_ms / variant_ms)
+    return {bundles.FP32: 1.0, **{name: round(statistics.median(r), 3) for name, r in ratios.items()}}
 
 
 def latency_ms(model: ort.InferenceSession, clip: Batch, repeats: int) -> float:

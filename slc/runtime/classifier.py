@@ -22,22 +22,10 @@ from slc import audio
 from slc.config import AudioConfig, FeatureConfig, WindowConfig, from_dict
 from slc.labels import LabelSet, normalize
 from slc.runtime import bundle as bundles
+from slc.runtime.smoothing import UNKNOWN, Segment, timeline
 from slc.runtime.windows import cut, window_bounds
 
 log = logging.getLogger(__name__)
-
-UNKNOWN = "unknown"
-
-
-@dataclasses.dataclass(frozen=True)
-class Segment:
-    """A stretch of a recording where adjacent windows agree on the language."""
-
-    start_s: float
-    end_s: float
-    language: str
-    confidence: float  # mean top probability of its windows
-
 
 @dataclasses.dataclass(frozen=True)
 class WindowScore:
@@ -253,9 +241,17 @@ class Classifier:
 
         The answer is `classify(load_audio(source))`'s: silence trimmed as
         `load` trims it (found in a first pass over the file, see
-        `audio.loud_span`), then a whole clip or sliding windows. `name` is
-        what errors call the source."""
+        `audio.loud_span`, for a file longer than a whole clip), then a
+        whole clip or sliding windows. `name` is what errors call the source."""
         keep = self._keep(allow, min_confidence)
+        if not segments:
+            # A file whose header promises no more than a whole clip is
+            # decoded once: `load` refuses a longer one before reading it.
+            whole = dataclasses.replace(self.audio_config, max_duration_s=self.window.whole_clip_max_s)
+            try:
+                return self.classify(audio.load(source, whole, name), allow, min_confidence)
+            except audio.TooLongAudioError:
+                pass
         start, end = audio.loud_span(source, self.audio_config, name)
         blocks = audio.stream(source, self.audio_config, name, start, end)
         if not segments and end - start <= self.window.whole_clip_max_s * self.feature_config.sample_rate:
@@ -315,32 +311,13 @@ class Classifier:
     def _timeline(
         self, bounds: list[tuple[int, int]], scores: np.ndarray, min_confidence: float | None, n_samples: int
     ) -> list[Segment]:
-        """Adjacent windows with the same top label merge into one segment; a
-        boundary between two falls in the middle of their overlap."""
-        rate = self.feature_config.sample_rate
-        top = scores.argmax(axis=1)
-        confidence = scores.max(axis=1)
-        names = [
-            UNKNOWN if min_confidence is not None and c < min_confidence else self.labels.code(int(t))
-            for t, c in zip(top, confidence)
-        ]
-        timeline: list[Segment] = []
-        run_start = 0
-        for i in range(1, len(names) + 1):
-            if i < len(names) and names[i] == names[run_start]:
-                continue
-            begin = 0 if run_start == 0 else (bounds[run_start - 1][1] + bounds[run_start][0]) / 2
-            end = n_samples if i == len(names) else (bounds[i - 1][1] + bounds[i][0]) / 2
-            timeline.append(
-                Segment(
-                    round(begin / rate, 3),
-                    round(end / rate, 3),
-                    names[run_start],
-                    float(confidence[run_start:i].mean()),
-                )
-            )
-            run_start = i
-        return timeline
+        """Windows -> segments, smoothed with hysteresis (slc.runtime.smoothing)
+        exactly as a live stream's timeline is."""
+        w = self.window
+        return timeline(
+            bounds, scores, self.labels.codes, n_samples, self.feature_config.sample_rate,
+            w.hop_s, w.change_evidence, w.evidence_cap, min_confidence,
+        )  # fmt: skip
 
     def _keep(self, allow: Sequence[str] | None, min_confidence: float | None) -> np.ndarray:
         """The allowed labels as a mask, after checking both answer options."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
 from slc import config as cfg, storage
+from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.training import checkpoint as ckpt, placement
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
 from slc.training.batches import COLUMNS, batches, class_weights
@@ -42,9 +45,16 @@ log = logging.getLogger(__name__)
 RUN_NAME = "run"
 
 
-def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+def train(
+    shards: str, out: str, config: TrainConfig, overwrite: bool = False, resume: bool = False,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Train on `shards` (an ingest output), writing Ray Train's run under
-    `out/run` and the best checkpoint to `out/best`. Returns the best epoch's metrics."""
+    `out/run` and the best checkpoint to `out/best`. Returns the best epoch's metrics.
+
+    Each epoch's line is logged once, on this (the driver's) side;
+    `progress(steps done, steps in all, epoch=, loss=, **{"val F1": })` follows
+    rank 0's training steps."""
     shards_fs, shards_root = storage.resolve(shards)
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
     ingest_config = cfg.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
@@ -75,6 +85,21 @@ def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, r
         "train_rows": sum(counts.values()),
         "shards": storage.redact(shards),
     }
+    steps_per_epoch = math.ceil(loop_config["train_rows"] / (scaling_config.num_workers * config.batch_size))
+    with relay(_on_progress(progress, config.epochs, steps_per_epoch)) as report:
+        result = _fit({**loop_config, "report": report}, scaling_config, datasets, config, fs, root)
+    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["val_f1"])
+    best = storage.join(root, "best")
+    fs.create_dir(best, recursive=True)
+    pafs.copy_files(best_checkpoint.path, best, source_filesystem=best_checkpoint.filesystem, destination_filesystem=fs)
+    with result.checkpoint.as_directory() as latest:
+        history = json.loads((Path(latest) / "training_state.json").read_text())["history"]
+    storage.write_json(fs, storage.join(best, "history.json"), history)
+    log.info("best checkpoint: epoch %d, val macro F1 %.4f -> %s", best_metrics["epoch"], best_metrics["val_f1"], best)
+    return {**best_metrics, "best": best, "epochs_run": len(history)}
+
+
+def _fit(loop_config: dict[str, Any], scaling_config, datasets, config: TrainConfig, fs, root: str) -> ray.train.Result:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -90,16 +115,27 @@ def train(shards: str, out: str, config: TrainConfig, overwrite: bool = False, r
         ),
         datasets=datasets,
     )
-    result = trainer.fit()
-    best_checkpoint, best_metrics = max(result.best_checkpoints, key=lambda pair: pair[1]["val_f1"])
-    best = storage.join(root, "best")
-    fs.create_dir(best, recursive=True)
-    pafs.copy_files(best_checkpoint.path, best, source_filesystem=best_checkpoint.filesystem, destination_filesystem=fs)
-    with result.checkpoint.as_directory() as latest:
-        history = json.loads((Path(latest) / "training_state.json").read_text())["history"]
-    storage.write_json(fs, storage.join(best, "history.json"), history)
-    log.info("best checkpoint: epoch %d, val macro F1 %.4f -> %s", best_metrics["epoch"], best_metrics["val_f1"], best)
-    return {**best_metrics, "best": best, "epochs_run": len(history)}
+    return trainer.fit()
+
+
+def _on_progress(progress: ProgressFn | None, epochs: int, steps_per_epoch: int) -> Callable[[dict[str, Any]], None]:
+    """Rank 0's events -> the epoch line, logged here once, and `progress`."""
+    total = epochs * steps_per_epoch
+    latest: dict[str, float] = {}  # the figures shown: last training loss, last val F1
+
+    def on_event(event: dict[str, Any]) -> None:
+        epoch = event["epoch"]
+        if "row" in event:
+            log.info("%s", _epoch_line(event["row"], epochs))
+            latest["val F1"] = event["row"]["val_f1"]
+            done = epoch * steps_per_epoch
+        else:
+            latest["loss"] = event["loss"]
+            done = (epoch - 1) * steps_per_epoch + min(event["step"], steps_per_epoch)
+        if progress is not None:
+            progress(done, total, epoch=f"{epoch}/{epochs}", **latest)
+
+    return on_event
 
 
 def _prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
@@ -136,7 +172,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, config.epochs):
         # Seeded per epoch, so a resumed run sees the batches an uninterrupted one would.
         rng = np.random.default_rng([config.seed, rank, epoch])
-        train_stats = _train_epoch(model, shards["train"], optimizer, scheduler, loss_fn, config, labels, rng, device)
+        # Rank 0 reports its steps and epochs to the driver, which shows them once.
+        report: Reporter | None = loop_config["report"] if rank == 0 else None
+        on_step = functools.partial(report, epoch=epoch + 1) if report else None
+        train_stats = _train_epoch(model, shards["train"], optimizer, scheduler, loss_fn, config, labels, rng, device, on_step)
         val_loss, confusion = _evaluate(model, shards["val"], loss_fn, config, labels, rng, device)
         totals = _all_reduce(torch.tensor([*train_stats, *val_loss], dtype=torch.float64), world)
         confusion = _all_reduce(confusion, world).numpy()
@@ -157,8 +196,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         }
         row.update({f"val_f1_{code}": stats["f1"] for code, stats in val["per_class"].items()})
         history.append(row)
-        if rank == 0:
-            print(_epoch_line(row, config.epochs), flush=True)
+        if report:
+            report(epoch=epoch + 1, row=row)
         _report(model, optimizer, scheduler, row, val, history, config, features, labels, epoch, rank, loop_config["shards"])
         if _patience_exhausted(history, config.patience):
             break
@@ -183,10 +222,11 @@ def _start(config: TrainConfig, num_labels: int, train_rows: int, world: int) ->
     return model, optimizer, scheduler, last_epoch + 1, history
 
 
-def _train_epoch(model, shard, optimizer, scheduler, loss_fn, config, labels, rng, device) -> tuple[float, ...]:
-    """-> (loss sum, samples, seconds waiting for data, seconds computing)."""
+def _train_epoch(model, shard, optimizer, scheduler, loss_fn, config, labels, rng, device, on_step) -> tuple[float, ...]:
+    """-> (loss sum, samples, seconds waiting for data, seconds computing);
+    `on_step(step=, loss=)`, if given, after every step with the epoch's mean loss so far."""
     model.train()
-    loss_sum, seen, data_s, step_s = 0.0, 0, 0.0, 0.0
+    loss_sum, seen, data_s, step_s, steps = 0.0, 0, 0.0, 0.0, 0
     iterator = iter(batches(shard, config, labels, train=True, rng=rng))
     while True:
         started = time.perf_counter()
@@ -206,6 +246,9 @@ def _train_epoch(model, shard, optimizer, scheduler, loss_fn, config, labels, rn
         loss_sum += loss.item() * len(targets)
         seen += len(targets)
         step_s += time.perf_counter() - fetched
+        if on_step:
+            on_step(step=steps + 1, loss=loss_sum / seen)
+        steps += 1
     return loss_sum, seen, data_s, step_s
 
 

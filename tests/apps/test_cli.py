@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import pytest
@@ -71,6 +72,14 @@ COMMANDS = {
         {"top_k": 2, "rows_per_file": 10, "allow": ("de", "fr"), "segments": True},
     ),
 }  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _logs_of_failed_commands_in_tmp_path(monkeypatch, tmp_path):
+    """A command that fails keeps its log in the temporary directory for the
+    user to read; every command here ends in an exception, so keep them in
+    the test's own directory."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 
 def run(monkeypatch, command: Command, *extra: str) -> Any:

@@ -26,7 +26,9 @@ from typer.testing import CliRunner
 from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav
 from slc.apps.cli import app
 from slc.config import LabelConfig
-from slc.apps.label import LabelError, Labeller, label, read_batch, read_labels
+from slc.apps import label_pipeline
+from slc.apps.label import LabelError, Labeller, label, label_batch, read_batch, read_labels
+from slc.apps.label_pipeline import task_blocks
 from slc.batch.inputs import InputError, list_inputs
 from slc.runtime.classifier import Classifier
 from slc.storage import StorageError
@@ -371,3 +373,65 @@ def test_featurising_apart_from_classifying_gives_the_same_answers(small_bundle,
 def test_labelling_never_imports_torch():
     code = "import sys, slc.apps.label\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_fused_stage_streams_a_long_recording_in_bounded_memory(ten_minutes, small_bundle):
+    listing = list_inputs([str(ten_minutes)])
+    batch = pa.Table.from_pylist(listing.items)
+    label_batch(batch, listing.filesystems, str(small_bundle), LabelConfig())  # the model loads outside the count
+    tracemalloc.start()
+    row = label_batch(batch, listing.filesystems, str(small_bundle), LabelConfig()).to_pylist()[0]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    whole_waveform = 600 * 16000 * 4  # what decoding it whole would hold: a batch of windows is ~10 MB
+    assert peak < whole_waveform / 3
+    assert row["error"] is None and row["language"] in {"de", "en"} and row["duration_s"] == pytest.approx(600, abs=1)
+
+
+def test_max_duration_refuses_a_long_recording_as_too_long_in_either_shape(ten_minutes, small_bundle):
+    config = LabelConfig(max_duration_s=60)
+    listing = list_inputs([str(ten_minutes)])
+    batch = pa.Table.from_pylist(listing.items)
+    fused = label_batch(batch, listing.filesystems, str(small_bundle), config).to_pylist()[0]
+    pooled = Labeller(str(small_bundle), config)(read_batch(batch, listing.filesystems, str(small_bundle), config))
+    for row in (fused, pooled.to_pylist()[0]):
+        assert (row["error"], row["language"]) == ("too_long", None)
+        assert row["detail"].startswith(str(ten_minutes)) and "at most 60.0 s" in row["detail"]
+
+
+def test_a_clip_that_makes_the_model_raise_fails_alone_in_the_fused_stage(mixed, small_bundle, monkeypatch):
+    root, _ = mixed
+    config = LabelConfig(top_k=2)
+    listing = list_inputs([str(root / "de"), str(root / "en")])
+    batch = pa.Table.from_pylist(listing.items)
+    labeller = label_pipeline._labeller(str(small_bundle), config)
+    classify_features = labeller.classifier.classify_features
+
+    def breaks_on_b(features, durations, *args):
+        if len(features) > 1 or durations[0] == decoded_b:
+            raise RuntimeError("kernel fault")
+        return classify_features(features, durations, *args)
+
+    decoded_b = Classifier(small_bundle).load_audio(root / "de" / "b.wav").size / 16000
+    monkeypatch.setattr(labeller.classifier, "classify_features", breaks_on_b)
+    rows = label_batch(batch, listing.filesystems, str(small_bundle), config).to_pylist()
+    assert [(r["language"], r["error"]) for r in rows] == [("de", None), (None, "failed"), ("en", None)]
+    assert rows[1]["detail"] == f"{root}/de/b.wav: RuntimeError: kernel fault"
+
+
+def test_the_pool_shape_gives_the_labels_of_the_fused_one(mixed, labelled, small_bundle, tmp_path):
+    root, _ = mixed
+    fused_out, fused = labelled
+    pooled = label([str(root)], small_bundle, str(tmp_path / "pool"), LabelConfig(top_k=2, shape="pool"))
+    assert (fused["shape"], pooled["shape"]) == ("fused", "pool")  # auto: a tiny model on CPUs is fused
+    _assert_same_rows(read_labels(tmp_path / "pool"), read_labels(fused_out))
+
+
+def test_tasks_take_files_by_estimated_seconds_each_file_once_in_order(tmp_path):
+    sizes = [32_000 * s for s in (10, 50, 70, 5, 5, 200, 1)]  # seconds of 16 kHz 16-bit audio
+    for i, size in enumerate(sizes):
+        (tmp_path / f"{i}.wav").write_bytes(b"\0" * size)
+    listing = list_inputs([str(tmp_path)])
+    blocks = task_blocks(listing.items, listing.filesystems, LabelConfig(audio_s_per_task=60, files_per_task=2))
+    names = [[Path(p).name for p in block["path"].to_pylist()] for block in blocks]
+    assert names == [["0.wav", "1.wav"], ["2.wav"], ["3.wav", "4.wav"], ["5.wav"], ["6.wav"]]

@@ -457,6 +457,12 @@ def test_a_clip_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered(
     service = replica_class(str(small_bundle), to_dict(ServeConfig()))
     context = types.SimpleNamespace(_deployment_config=types.SimpleNamespace(max_ongoing_requests=32))
     monkeypatch.setattr(serve, "get_replica_context", lambda: context)
+    for attribute in vars(replica_class).values():
+        batcher = getattr(getattr(attribute, "set_max_batch_size", None), "__self__", None)
+        if batcher is not None:
+            # The batch queue this test makes belongs to its event loop; left on the
+            # class, it would make the class unpicklable for later deployments.
+            monkeypatch.setattr(batcher, "_queue", None)
     good = classifier.load_audio(german_wav)
     culprit = good[:12345].copy()  # known by its length
     batches, real = [], service.classifier.classify_batch

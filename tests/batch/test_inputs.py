@@ -4,6 +4,7 @@ empty successes, globs on URIs, and a compressed archive read once."""
 from __future__ import annotations
 
 import io
+import secrets
 import subprocess
 import tarfile
 import zipfile
@@ -81,11 +82,12 @@ def test_local_globs_skip_and_count_hidden_files(folder):
 
 def test_globs_on_uris_list_the_matching_objects(s3):
     client, endpoint = s3
-    for key in ("in/a.wav", "in/b.wav", "in/c.flac", "in/.d.wav", "in/sub/e.wav"):
-        client.put_object(Bucket=S3_BUCKET, Key=key, Body=b"x")
-    uri = f"s3://{S3_ACCESS_KEY}:{S3_SECRET_KEY}@{S3_BUCKET}/in/*.wav?endpoint_override={endpoint}&scheme=http"
+    prefix = f"globs-{secrets.token_hex(4)}"  # moto keeps the objects of earlier tests in the process
+    for key in ("a.wav", "b.wav", "c.flac", ".d.wav", "sub/e.wav"):
+        client.put_object(Bucket=S3_BUCKET, Key=f"{prefix}/{key}", Body=b"x")
+    uri = f"s3://{S3_ACCESS_KEY}:{S3_SECRET_KEY}@{S3_BUCKET}/{prefix}/*.wav?endpoint_override={endpoint}&scheme=http"
     listing = list_inputs([uri])
-    assert [i["path"] for i in listing.items] == [f"s3://{S3_BUCKET}/in/a.wav", f"s3://{S3_BUCKET}/in/b.wav"]
+    assert [i["path"] for i in listing.items] == [f"s3://{S3_BUCKET}/{prefix}/a.wav", f"s3://{S3_BUCKET}/{prefix}/b.wav"]
     assert listing.skipped_hidden == 1
     assert read_bytes(listing.items, listing.filesystems) == [b"x", b"x"]
 

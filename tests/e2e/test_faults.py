@@ -24,6 +24,7 @@ from fault_cluster import (
 )
 
 from slc.apps.label import label, read_labels
+from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from slc.config import IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
 from slc.data.ingest import ingest
 from slc.data.shards import read_rejects, read_split
@@ -48,9 +49,13 @@ FILES = 300
 @pytest.fixture(scope="module")
 def fault_cluster(small_bundle, small_shards) -> Iterator[FaultCluster]:
     """The cluster of several nodes. The session fixtures it asks for are
-    built first, on the session's Ray: it cannot start while this runs."""
-    with running_cluster() as cluster:
-        yield cluster
+    built first, on the session's Ray: it cannot start while this runs.
+    Its nodes inherit this environment: Serve's proxy answers in JSON, as
+    with `slc serve` and the cluster configs."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        with running_cluster() as cluster:
+            yield cluster
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,7 @@ def _report(stage: str, kill, inputs: int, rows: list[str], wall_s: float) -> No
 
 def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(fault_cluster, corpus, small_bundle, tmp_path):
     fault_cluster.top_up()
-    config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2)
+    config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2, shape="pool")
     label([str(corpus)], small_bundle, str(tmp_path / "reference"), config)
     reference = {r["path"]: (r["language"], r["error"]) for r in read_labels(tmp_path / "reference").to_pylist()}
     assert len(reference) == FILES
@@ -294,11 +299,6 @@ def test_killing_a_replica_under_load_fails_only_its_requests_in_flight(replica_
     assert all(r["status"] == 200 for r in burst)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Serve proxy, not the app, answers a request whose replica died: "
-    "plain-text 'Internal Server Error' (500), never the app's JSON error",
-)
 def test_requests_failed_by_a_dead_replica_get_a_json_error(replica_killed_under_load):
     results, *_ = replica_killed_under_load
     failed = [r for r in results if r["status"] != 200]

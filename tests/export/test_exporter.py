@@ -33,6 +33,7 @@ def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
         for split in ("val", "test"):
             assert 0 <= variant[f"{split}_macro_f1"] <= 1 and 0 <= variant[f"{split}_iou"] <= 1
         assert variant["size_mb"] > 0 and variant["p50_ms"] > 0 and variant["speedup_vs_torch"] > 0
+        assert variant["speedup_vs_fp32"] > 0
         assert (small_bundle / variant["file"]).is_file()
     sizes = {name: v["size_mb"] for name, v in manifest["variants"].items()}
     assert sizes["int8-dynamic"] < sizes["fp32"] / 2 and sizes["fp16"] < sizes["fp32"] * 0.6
@@ -89,16 +90,41 @@ def test_features_graph_matches_the_torch_fbank(small_bundle, speech_16k):
 def test_a_variant_losing_more_than_a_point_on_val_is_rejected_and_never_the_default():
     # Test scores disagree with val everywhere: only val decides.
     variants = {
-        "fp32": {"file": "a", "val_macro_f1": 0.950, "test_macro_f1": 0.900, "p50_ms": 10.0},
-        "int8-static": {"file": "b", "val_macro_f1": 0.930, "test_macro_f1": 0.990, "p50_ms": 2.0},  # -2: rejected
-        "int8-dynamic": {"file": "c", "val_macro_f1": 0.942, "test_macro_f1": 0.990, "p50_ms": 3.0},  # -0.8: kept
-        "int8-matmul": {"file": "d", "val_macro_f1": 0.946, "test_macro_f1": 0.500, "p50_ms": 5.0},  # -0.4: default
+        "fp32": {"file": "a", "val_macro_f1": 0.950, "test_macro_f1": 0.900, "speedup_vs_fp32": 1.0},
+        "int8-static": {"file": "b", "val_macro_f1": 0.930, "test_macro_f1": 0.990, "speedup_vs_fp32": 5.0},  # -2: rejected
+        "int8-dynamic": {"file": "c", "val_macro_f1": 0.942, "test_macro_f1": 0.990, "speedup_vs_fp32": 3.3},  # -0.8: kept
+        "int8-matmul": {"file": "d", "val_macro_f1": 0.946, "test_macro_f1": 0.500, "speedup_vs_fp32": 2.0},  # -0.4: default
         "fp16": {"error": "RuntimeError: failed"},
     }
     assert choose_default(variants, ExportConfig()) == "int8-matmul"
     assert variants["int8-static"]["rejected"]
     assert "val macro F1 0.9300 is 2.0 points below fp32" in variants["int8-static"]["rejected_because"]
     assert not variants["int8-dynamic"]["rejected"] and not variants["fp32"]["rejected"]
+
+
+def test_one_noisy_timing_cannot_make_a_slower_variant_the_default():
+    """fp16 takes 11.1 ms to fp32's 10 in every round but one, where the
+    machine was busy while fp32 ran (30 ms) and fp16 looked 2.7x faster;
+    int8-matmul takes 7.7 ms throughout. Times are injected per call."""
+    variant_ms = {"fp16": 11.1, "int8-matmul": 7.7, "fp32-all": 9.9}
+    # fp32 is timed once per variant per round, variants in order: call 6 is
+    # round 3's pairing with fp16.
+    fp32_ms = iter([30.0 if call == 6 else 10.0 for call in range(15)])
+
+    def timer(run, repeats):
+        name = run()
+        return next(fp32_ms) if name == "fp32" else variant_ms[name]
+
+    runs = {name: (lambda name=name: name) for name in ("fp32", *variant_ms)}
+    speedups = quantize.paired_speedups(runs, rounds=5, repeats=3, timer=timer)
+    assert speedups["fp32"] == 1.0
+    assert speedups["fp16"] == pytest.approx(10.0 / 11.1, rel=1e-3)
+    assert speedups["int8-matmul"] == pytest.approx(10.0 / 7.7, rel=1e-3)
+    rows = {name: {"file": name, "val_macro_f1": 0.9, "speedup_vs_fp32": speedups[name]} for name in runs}
+    assert choose_default(rows, ExportConfig()) == "int8-matmul"
+    # 1% faster is within the noise: fp32 stays the default.
+    del rows["int8-matmul"]
+    assert choose_default(rows, ExportConfig()) == "fp32"
 
 
 def test_the_default_variant_is_chosen_on_val_and_test_is_only_reported(small_checkpoint, tmp_path, monkeypatch):
@@ -113,10 +139,14 @@ def test_the_default_variant_is_chosen_on_val_and_test_is_only_reported(small_ch
         if path.name == "model.int8-dynamic.onnx":
             row["val_macro_f1"] = 0.0
         if path.name == "model.int8-matmul.onnx":
-            row.update(val_macro_f1=rows["model.onnx"]["val_macro_f1"], test_macro_f1=0.0, p50_ms=1e-3)
+            row.update(val_macro_f1=rows["model.onnx"]["val_macro_f1"], test_macro_f1=0.0)
         return row
 
+    def timed(runs, *args):
+        return {name: 100.0 if name == "int8-matmul" else 1.0 for name in runs}
+
     monkeypatch.setattr(quantize, "measure", measured)
+    monkeypatch.setattr(quantize, "paired_speedups", timed)
     manifest = export_bundle(small_checkpoint, tmp_path / "bundle", config=ExportConfig(latency_repeats=2, calibration_clips=4))
     variants = manifest["variants"]
     assert manifest["default_rule"]["split"] == "val"

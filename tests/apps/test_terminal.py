@@ -1,0 +1,102 @@
+"""What `slc` shows on the terminal: its own lines and progress, with Ray's
+output in OUT/logs/slc.log unless --verbose."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slc.apps import terminal
+from slc.batch.progress import relay
+
+RAY_CHATTER = ("Started a local Ray instance", "metrics={", "Token authentication", "Deprecat", "Checkpoint successfully")
+
+
+def _slc(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    """`slc ARGS` in its own process, output piped (not a TTY), with its own local Ray."""
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "slc.apps.cli", *args]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from slc.data.synth import make_corpus
+
+    root = tmp_path_factory.mktemp("terminal") / "corpus"
+    make_corpus(root, ("de", "en"), per_lang=4, seed=1)
+    return root
+
+
+def test_off_a_tty_a_bar_is_a_plain_line_at_the_start_and_at_the_end(caplog):
+    caplog.set_level(logging.INFO, logger="slc.progress")
+    with terminal.Bar("training", "step", interactive=False, interval_s=3600) as bar:
+        for step in range(1, 11):
+            bar(step, 10, epoch="1/2", loss=0.51234, **{"val F1": 0.8})
+    lines = [r.getMessage() for r in caplog.records if r.name == "slc.progress"]
+    assert len(lines) == 2
+    assert lines[0].startswith("training:  10% 1/10 step")
+    assert lines[1].startswith("training: 100% 10/10 step")
+    assert "loss=0.5123, val F1=0.8" in lines[1]
+
+
+def test_on_a_tty_a_bar_is_drawn_with_its_figures():
+    stream = io.StringIO()
+    with terminal.Bar("labelling", "file", stream=stream, interactive=True) as bar:
+        for done in range(1, 5):
+            bar(done, 4, **{"audio h/s": 1.5})
+    assert "labelling: 100%" in stream.getvalue()
+    assert "4/4" in stream.getvalue() and "audio h/s=1.5" in stream.getvalue()
+
+
+def test_events_sent_from_ray_tasks_reach_the_driver(ray_session):
+    ray = ray_session
+    seen: list[dict] = []
+
+    @ray.remote(num_cpus=0.1)
+    def work(report, i):
+        report(clips=i)
+        return i
+
+    with relay(seen.append) as report:
+        assert sum(ray.get([work.remote(report, i) for i in range(1, 5)])) == 10
+    assert sorted(e["clips"] for e in seen) == [1, 2, 3, 4]
+
+
+def test_ingest_shows_slc_lines_and_logs_ray_to_the_output_directory(corpus, tmp_path):
+    done = _slc("ingest", str(corpus), str(tmp_path / "shards"))
+    terminal_lines = (done.stdout + done.stderr).splitlines()
+    assert len(terminal_lines) < 30, terminal_lines
+    assert not [line for line in terminal_lines if any(c in line for c in RAY_CHATTER)]
+    assert any(re.match(r"slc: featurizing: 100% 8/8 clip", line) for line in terminal_lines), terminal_lines
+    log = (tmp_path / "shards" / "logs" / "slc.log").read_text()
+    assert "Started a local Ray instance" in log and "discovered 8 clips" in log
+
+
+def test_verbose_brings_rays_lines_back_to_the_terminal(corpus, tmp_path):
+    done = _slc("--verbose", "ingest", str(corpus), str(tmp_path / "shards"))
+    assert "Started a local Ray instance" in done.stdout + done.stderr
+    assert (tmp_path / "shards" / "logs" / "slc.log").is_file()
+
+
+def test_train_prints_each_epoch_line_once_and_keeps_metric_dicts_in_the_log(small_shards, tmp_path):
+    run = tmp_path / "run"
+    done = _slc("train", str(small_shards), str(run), "--preset", "tiny", "--epochs", "2", "--batch-size", "8")
+    terminal_lines = (done.stdout + done.stderr).splitlines()
+    assert len(terminal_lines) < 30, terminal_lines
+    assert not [line for line in terminal_lines if any(c in line for c in RAY_CHATTER)]
+    for epoch in (1, 2):
+        assert sum(line.startswith(f"slc: epoch {epoch}/2 ") for line in terminal_lines) == 1, terminal_lines
+    assert any(line.startswith("slc: training: 100%") for line in terminal_lines), terminal_lines
+    log = (run / "logs" / "slc.log").read_text()
+    assert "Started a local Ray instance" in log and "metrics={" in log
