@@ -1,22 +1,17 @@
 """Settings for every stage, as dataclasses: the one home of defaults.
 
-Each config round-trips through plain dicts, JSON and YAML, so the resolved
-settings can be written next to every artifact and read back to rebuild it.
+Each config round-trips through plain dicts, JSON and YAML (slc.config_io), so
+the resolved settings can be written next to every artifact and read back to
+rebuild it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import typing
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
 
-T = TypeVar("T")
 
 SAMPLE_RATE = 16_000
 
@@ -253,87 +248,6 @@ class ExportConfig:
     # median of this many rounds: one noisy timing must not pick a slower graph.
     timing_rounds: int = 5
     min_speedup: float = 1.05  # a variant replaces fp32 as the default only this much faster
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as nested plain dicts and lists (JSON/YAML safe)."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuild a config dataclass from `to_dict` output; unknown keys are an error."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
-    values = {}
-    for name, value in data.items():
-        kind = hints[name]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, dict):
-                raise ValueError(f"{name} must be a mapping of {kind.__name__} settings, got {value!r}")
-            value = from_dict(kind, value)
-        elif typing.get_origin(kind) is tuple:
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
-
-
-def dumps(config: Any, fmt: str = "json") -> str:
-    """Serialise a config as `json` or `yaml` text."""
-    data = to_dict(config)
-    if fmt == "yaml":
-        return yaml.safe_dump(data, sort_keys=False)
-    return json.dumps(data, indent=2) + "\n"
-
-
-def load(cls: type[T], path: str | Path) -> T:
-    """Read a config from a .json, .yaml or .yml file; settings it leaves out
-    keep their defaults. A file that does not parse or names unknown settings
-    raises ValueError naming the file."""
-    text = Path(path).read_text()
-    try:
-        data = yaml.safe_load(text) if str(path).endswith((".yaml", ".yml")) else json.loads(text)
-        if not isinstance(data, dict | None):
-            raise ValueError(f"expected a mapping of {cls.__name__} settings, got {type(data).__name__}")
-        return from_dict(cls, data or {})
-    except (ValueError, TypeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: {error}") from None
-
-
-def override(config: T, values: Mapping[str, Any]) -> T:
-    """`config` with the settings in `values` replaced. Keys are field names,
-    dotted for nested configs (`"audio.max_duration_s"`); a None value is
-    skipped, so a command-line flag that was not given keeps what `config`
-    holds. Unknown names raise ValueError; the dataclasses check the result."""
-    fields = {f.name for f in dataclasses.fields(config)}
-    direct: dict[str, Any] = {}
-    nested: dict[str, dict[str, Any]] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        head, _, rest = name.partition(".")
-        if head not in fields or (rest and not dataclasses.is_dataclass(getattr(config, head))):
-            raise ValueError(f"unknown {type(config).__name__} setting: {name!r}")
-        if rest:
-            nested.setdefault(head, {})[rest] = value
-        else:
-            direct[head] = tuple(value) if isinstance(value, list) else value
-    for head, inner in nested.items():
-        direct[head] = override(direct.get(head, getattr(config, head)), inner)
-    return dataclasses.replace(config, **direct) if direct else config
-
-
-def resolve(cls: type[T], path: str | Path | None, values: Mapping[str, Any]) -> T:
-    """Settings by precedence: `cls`'s defaults < the file at `path` (when
-    not None) < the non-None `values` (names as in `override`)."""
-    return override(load(cls, path) if path is not None else cls(), values)
-
-
-def default(cls: type, name: str) -> Any:
-    """The default of setting `name` (dotted for nested configs) of config class `cls`."""
-    return functools.reduce(getattr, name.split("."), cls())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from slc import config
+from slc import config_io
 from slc.config import AudioConfig, IngestConfig, SplitConfig
 
 
@@ -17,17 +17,17 @@ def sample() -> IngestConfig:
 @pytest.mark.parametrize("fmt, suffix", [("json", ".json"), ("yaml", ".yaml")])
 def test_round_trip_through_files(tmp_path, fmt, suffix):
     path = tmp_path / f"ingest{suffix}"
-    path.write_text(config.dumps(sample(), fmt))
-    assert config.load(IngestConfig, path) == sample()
+    path.write_text(config_io.dumps(sample(), fmt))
+    assert config_io.load(IngestConfig, path) == sample()
 
 
 def test_partial_file_keeps_defaults(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"audio": {"min_duration_s": 1.0}}))
-    loaded = config.load(IngestConfig, path)
+    loaded = config_io.load(IngestConfig, path)
     assert loaded.audio.min_duration_s == 1.0 and loaded.audio.max_duration_s == AudioConfig().max_duration_s
 
 
 def test_unknown_setting_is_an_error():
     with pytest.raises(ValueError, match="unknown AudioConfig settings: \\['sample_rat'\\]"):
-        config.from_dict(AudioConfig, {"sample_rat": 8000})
+        config_io.from_dict(AudioConfig, {"sample_rat": 8000})

@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from slc import config_io
 from slc import config as cfg
 from slc.apps import options, terminal
 
@@ -101,7 +102,7 @@ def ingest(
             "audio.max_duration_s": max_duration, "audio.min_duration_s": min_duration,
             "audio.trim_silence": trim, "augment.copies": augment,
         }  # fmt: skip
-        settings = cfg.resolve(cfg.IngestConfig, config, flags)
+        settings = config_io.resolve(cfg.IngestConfig, config, flags)
         with terminal.job(out), terminal.Bar("featurizing", "clip") as bar:
             summary = run_ingest(corpus, out, settings, overwrite=overwrite, progress=bar)
     except _USER_ERRORS as error:
@@ -178,7 +179,7 @@ def train(
             "use_gpu": gpu, "cpus_per_worker": cpus_per_worker, "max_failures": max_failures,
             "keep_checkpoints": keep, "seed": seed,
         }  # fmt: skip
-        settings = cfg.resolve(cfg.TrainConfig, config, flags)
+        settings = config_io.resolve(cfg.TrainConfig, config, flags)
         with terminal.job(out), terminal.Bar("training", "step") as bar:
             best = run_train(shards, out, settings, overwrite=overwrite, resume=resume, progress=bar)
     except _USER_ERRORS as error:
@@ -228,7 +229,7 @@ def export(
 
     try:
         flags = {"max_f1_loss": max_f1_loss, "calibration_clips": calibration_clips, "latency_repeats": latency_repeats}
-        settings = cfg.resolve(cfg.ExportConfig, config, flags)
+        settings = config_io.resolve(cfg.ExportConfig, config, flags)
         with terminal.job(bundle, uses_ray=False), terminal.Bar("scoring variants", "variant") as bar:
             manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite, config=settings, progress=bar)
     except _USER_ERRORS + (ExportError,) as error:
@@ -308,8 +309,8 @@ def serve(
     from slc.apps.serve_launcher import classify_once, run
 
     try:
-        base = cfg.resolve(cfg.ServeConfig, config, {})
-        settings = cfg.override(base, {
+        base = config_io.resolve(cfg.ServeConfig, config, {})
+        settings = config_io.override(base, {
             "host": host, "port": port, "variant": variant, "num_replicas": replicas,
             "threads": threads, "num_cpus": None if threads is None else float(threads),
             "max_batch_size": max_batch_size,
@@ -403,7 +404,7 @@ def label(
             "files_per_task": files_per_task, "rows_per_file": rows_per_file, "truth_column": truth_column,
             "audio_s_per_task": audio_per_task, "shape": shape,
         }  # fmt: skip
-        settings = cfg.resolve(cfg.LabelConfig, config, flags)
+        settings = config_io.resolve(cfg.LabelConfig, config, flags)
         with terminal.job(out), terminal.Bar("labelling", "file") as bar:
             summary = run_label(inputs, bundle, out, settings, resume=resume, overwrite=overwrite, progress=bar)
     except _USER_ERRORS as error:

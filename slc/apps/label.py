@@ -26,7 +26,8 @@ from typing import Any
 import pyarrow as pa
 import ray
 
-from slc import __version__, config as cfg, storage
+from slc import config_io
+from slc import __version__, storage
 from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, settled, writer
 from slc.apps.label_pipeline import Labeller, choose_shape, label_batch, pipeline, read_batch
 from slc.batch import accounting
@@ -64,7 +65,7 @@ def label(
     started = time.perf_counter()
     bundle = Path(bundle).expanduser().resolve()  # workers may run in another directory
     classifier = Classifier(bundle, config.variant, config.threads)  # a bad bundle or variant fails here, not in a worker
-    settings = {"bundle": classifier.info, "config": cfg.to_dict(config)}
+    settings = {"bundle": classifier.info, "config": config_io.to_dict(config)}
     fs, root = open_output(out, settings, resume, overwrite)
     listing = list_inputs(inputs, lang_column=config.truth_column)
     listed = {item["path"] for item in listing.items}

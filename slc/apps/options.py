@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from slc import config_io
 from slc import config as cfg
 
 CONFIG_HELP = "{} as YAML or JSON; flags given override it, settings it leaves out keep their defaults."
@@ -24,7 +25,7 @@ TRAINING_EXTRA = "pip install 'slc[train]'"
 
 def with_default(text: str, cls: type, name: str) -> str:
     """`text` followed by the default of `cls`'s setting `name` (dotted for nested configs)."""
-    value = cfg.default(cls, name)
+    value = config_io.default(cls, name)
     shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
     return f"{text} (default: {shown})"
 

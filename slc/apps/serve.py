@@ -44,7 +44,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from slc import audio
 from slc.apps.serve_metrics import RequestMetrics, record_batch, record_classified
 from slc.apps.stream import StreamHub
-from slc.config import ServeConfig, from_dict, to_dict
+from slc.config import ServeConfig
+from slc.config_io import from_dict, to_dict
 from slc.labels import LabelError, normalize
 from slc.runtime.classifier import Classifier, Prediction
 

@@ -22,7 +22,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from slc import __version__, config as cfg, storage
+from slc import config_io
+from slc import __version__, storage
 from slc.batch import accounting, inputs
 from slc.batch.decode import decode_items
 from slc.batch.progress import ProgressFn, Reporter, relay
@@ -65,7 +66,7 @@ def ingest(
     summary.update(corpus=storage.redact(corpus), out=storage.redact(out), slc_version=__version__)
     storage.write_json(fs, storage.join(root, "summary.json"), summary)
     storage.write_text(fs, storage.join(root, "labels.json"), found.labels.to_json())
-    storage.write_text(fs, storage.join(root, "config.json"), cfg.dumps(config))
+    storage.write_text(fs, storage.join(root, "config.json"), config_io.dumps(config))
     return summary
 
 

@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import torch
 from torch import nn
 
+from slc import config_io
 from slc.runtime import bundle as bundles
 from slc.training import checkpoint as ckpt
 from slc import config as cfg
@@ -253,10 +254,10 @@ def _build(
     manifest = {
         "slc_version": bundles.slc_version(),
         "labels": list(labels.codes),
-        "audio": cfg.to_dict(_audio_config(shards)),
-        "features": cfg.to_dict(feature_config),
-        "window": cfg.to_dict(config.window),
-        "model": {"parameters": count_parameters(model), **cfg.to_dict(train_config.model)},
+        "audio": config_io.to_dict(_audio_config(shards)),
+        "features": config_io.to_dict(feature_config),
+        "window": config_io.to_dict(config.window),
+        "model": {"parameters": count_parameters(model), **config_io.to_dict(train_config.model)},
         "exported_from": storage.redact(source),
         "scored_on": {"shards": storage.redact(shards), "clips": clips},
         "calibrated_on": {"split": "val", "clips": len(calibration)},
@@ -363,7 +364,7 @@ def _audio_config(shards: str) -> AudioConfig:
         settings = json.loads(storage.read_text(fs, storage.join(root, "config.json")))
     except (FileNotFoundError, OSError):
         return AudioConfig()
-    return cfg.from_dict(IngestConfig, settings).audio
+    return config_io.from_dict(IngestConfig, settings).audio
 
 
 def variants_table(manifest: dict[str, Any]) -> str:

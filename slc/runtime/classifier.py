@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from slc import audio
-from slc.config import AudioConfig, FeatureConfig, WindowConfig, from_dict
+from slc.config import AudioConfig, FeatureConfig, WindowConfig
+from slc.config_io import from_dict
 from slc.labels import LabelSet, normalize
 from slc.runtime import bundle as bundles
 from slc.runtime.smoothing import UNKNOWN, Segment, timeline

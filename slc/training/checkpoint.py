@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from slc import config as cfg
+from slc import config_io
 from slc.config import FeatureConfig, TrainConfig
 from slc.labels import LabelSet
 from slc.training.model import LanguageClassifier
@@ -43,7 +43,7 @@ def save(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors")
     (directory / "config.json").write_text(
-        json.dumps({"train": cfg.to_dict(train), "features": cfg.to_dict(features), "shards": shards}, indent=2) + "\n"
+        json.dumps({"train": config_io.to_dict(train), "features": config_io.to_dict(features), "shards": shards}, indent=2) + "\n"
     )
     (directory / "labels.json").write_text(labels.to_json())
     (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -57,8 +57,8 @@ def load(directory: Path) -> tuple[LanguageClassifier, LabelSet, TrainConfig, Fe
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a checkpoint (no {name})")
     settings = json.loads((directory / "config.json").read_text())
-    train = cfg.from_dict(TrainConfig, settings["train"])
-    features = cfg.from_dict(FeatureConfig, settings["features"])
+    train = config_io.from_dict(TrainConfig, settings["train"])
+    features = config_io.from_dict(FeatureConfig, settings["features"])
     labels = LabelSet.from_json((directory / "labels.json").read_text())
     # The encoder shape is in the config; init_from only mattered for the first run.
     model = LanguageClassifier(train.model, len(labels))

@@ -31,7 +31,8 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
 from transformers import get_linear_schedule_with_warmup
 
-from slc import config as cfg, storage
+from slc import config_io
+from slc import storage
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.training import checkpoint as ckpt, placement
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
@@ -57,7 +58,7 @@ def train(
     rank 0's training steps."""
     shards_fs, shards_root = storage.resolve(shards)
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
-    ingest_config = cfg.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
+    ingest_config = config_io.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
     fs, root = _prepare_run_dir(out, overwrite, resume)
     if not ray.is_initialized():
         ray.init()
@@ -78,8 +79,8 @@ def train(
     counts = {row["lang"]: row["count()"] for row in datasets["train"].groupby("lang").count().take_all()}
     log.info("training clips per language: %s", counts)
     loop_config = {
-        "train": cfg.to_dict(config),
-        "features": cfg.to_dict(ingest_config.features),
+        "train": config_io.to_dict(config),
+        "features": config_io.to_dict(ingest_config.features),
         "labels": list(labels.codes),
         "class_weights": class_weights(counts, labels) if config.balance == "weights" else None,
         "train_rows": sum(counts.values()),
@@ -150,8 +151,8 @@ def _prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[pafs.File
 def train_loop(loop_config: dict[str, Any]) -> None:
     """One Ray Train worker: builds the model, resumes from the latest
     checkpoint if there is one, trains and reports every epoch."""
-    config = cfg.from_dict(TrainConfig, loop_config["train"])
-    features = cfg.from_dict(FeatureConfig, loop_config["features"])
+    config = config_io.from_dict(TrainConfig, loop_config["train"])
+    features = config_io.from_dict(FeatureConfig, loop_config["features"])
     labels = LabelSet(tuple(loop_config["labels"]))
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()

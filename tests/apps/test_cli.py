@@ -17,6 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from slc import config_io
 from slc import config as cfg
 from slc.apps.cli import app
 
@@ -112,8 +113,8 @@ def test_a_config_file_sets_what_it_names_and_leaves_the_rest_at_the_defaults(mo
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(command.file))
     settings = run(monkeypatch, command, "--config", str(path))
-    assert settings == cfg.load(command.cls, path)
-    assert settings == cfg.override(command.cls(), _dotted(command.file))
+    assert settings == config_io.load(command.cls, path)
+    assert settings == config_io.override(command.cls(), _dotted(command.file))
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -448,7 +448,7 @@ def test_a_clip_the_model_fails_on_fails_alone_and_its_batch_mates_are_answered(
     from ray import serve
 
     from slc.apps import serve as app
-    from slc.config import to_dict
+    from slc.config_io import to_dict
 
     # The replica's class as written, without Serve's ingress wrapper (whose
     # constructor needs a running replica): its batch handler is the same,

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from slc import config
+from slc import config_io
 from slc.data import augment
 from slc.data.augment import Recipe
 from slc.config import AugmentConfig
@@ -258,5 +258,5 @@ def test_config_round_trips_through_json_and_yaml(tmp_path):
     settings = AugmentConfig(copies=4, seed=9, noise_colors=("pink",), band_limit_rates=(8000,), floor_db=None)
     for suffix in ("json", "yaml"):
         path = tmp_path / f"augment.{suffix}"
-        path.write_text(config.dumps(settings, suffix))
-        assert config.load(AugmentConfig, path) == settings
+        path.write_text(config_io.dumps(settings, suffix))
+        assert config_io.load(AugmentConfig, path) == settings

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from slc import config
+from slc import config_io
 from slc.audio import load
 from slc.data.augment import Recipe
 from slc.apps.cli import app
@@ -95,7 +95,7 @@ def test_manifest_splits_are_kept_and_groups_stay_in_one_split(shards, corpus):
 def test_artifacts_written_next_to_shards(shards):
     out, _ = shards
     assert json.loads((out / "labels.json").read_text()) == {"labels": ["de", "en"]}
-    assert config.load(IngestConfig, out / "config.json") == IngestConfig()
+    assert config_io.load(IngestConfig, out / "config.json") == IngestConfig()
     assert pq.read_schema(out / "rejects.parquet").names[:2] == ["id", "path"]
 
 
