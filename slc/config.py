@@ -11,8 +11,6 @@ import dataclasses
 import typing
 from typing import Any
 
-
-
 SAMPLE_RATE = 16_000
 
 
