@@ -36,7 +36,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     started_ray = not ray.is_initialized()
     if started_ray:
         with_json_errors()  # the proxy, started by this Ray, inherits it
-        ray.init(include_dashboard=False, log_to_driver=show_logs)
+        ray.init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -78,5 +78,12 @@ def classify_once(bundle: str | Path, path: str | Path, config: ServeConfig = Se
     """Start the endpoint, classify `path` over HTTP, stop: a smoke test of
     the whole serving path."""
     body = Path(path).read_bytes()
-    with running(bundle, config) as url:
-        return post_audio(url, body)
+    # The answer is the output: Serve's start-up and the replicas' request lines are not.
+    serve_logger = logging.getLogger("ray.serve")
+    level = serve_logger.level
+    serve_logger.setLevel(logging.WARNING)
+    try:
+        with running(bundle, config, show_logs=False) as url:
+            return post_audio(url, body)
+    finally:
+        serve_logger.setLevel(level)
