@@ -71,6 +71,7 @@ bench: setup
 	$(PY) bench/featurize.py
 	$(PY) bench/train.py
 	$(PY) bench/inference.py --checkpoint $(DEMO)/run/best --bundle $(DEMO)/bundle
+	$(PY) bench/predict.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/serve.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/label.py --bundle $(DEMO)/bundle --corpus $(DEMO)/corpus
 
