@@ -206,7 +206,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
 # --- Serve ---------------------------------------------------------------
 
 
-LOAD_S, KILL_AT_S, CLIENTS = 15.0, 5.0, 8
+LOAD_S, KILL_AT_S, CLIENTS = 30.0, 10.0, 8
 
 
 def _post(session: requests.Session, url: str, body: bytes) -> dict:
