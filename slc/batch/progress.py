@@ -9,11 +9,15 @@ of terminal code.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+log = logging.getLogger(__name__)
 
 # A stage's progress on the driver: (units done, units in all, figures worth showing).
 ProgressFn = Callable[..., None]
@@ -35,13 +39,21 @@ class _Mailbox:
 class Reporter:
     """Picklable: `report(**event)` in a task or worker sends `event` to the
     driver's mailbox and waits (a round trip, about a millisecond) until it is
-    there, so a task that has returned has delivered all its events."""
+    there, so a task that has returned has delivered all its events. Progress
+    never fails the work: with the mailbox gone, events are dropped."""
 
     def __init__(self, mailbox: Any) -> None:
         self._mailbox = mailbox
+        self._lost = False
 
     def __call__(self, **event: Any) -> None:
-        ray.get(self._mailbox.put.remote(event))
+        if self._lost:
+            return
+        try:
+            ray.get(self._mailbox.put.remote(event))
+        except ray.exceptions.RayError as error:
+            self._lost = True
+            log.warning("progress events are no longer delivered: %s", type(error).__name__)
 
 
 @contextlib.contextmanager
@@ -52,11 +64,17 @@ def relay(on_event: Callable[[dict[str, Any]], None] | None, interval_s: float =
     if on_event is None:
         yield None
         return
-    mailbox = _Mailbox.remote()
+    # Beside the driver: a mailbox on a worker node would go down with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    mailbox = _Mailbox.options(scheduling_strategy=here).remote()
     stop = threading.Event()
 
     def deliver() -> None:
-        for event in ray.get(mailbox.take.remote()):
+        try:
+            events = ray.get(mailbox.take.remote())
+        except ray.exceptions.RayError:
+            return  # progress is lost with its mailbox; the stage goes on
+        for event in events:
             on_event(event)
 
     def poll() -> None:
