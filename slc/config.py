@@ -74,13 +74,22 @@ class AugmentConfig:
 
     # Noise colour -> exponent x of its power spectral density, 1/f^x.
     NOISE_COLORS: typing.ClassVar[dict[str, float]] = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+    # Codec -> soundfile (format, subtype); libsndfile >= 1.1 encodes all three.
+    CODECS: typing.ClassVar[dict[str, tuple[str, str]]] = {
+        "mp3": ("MP3", "MPEG_LAYER_III"), "vorbis": ("OGG", "VORBIS"), "opus": ("OGG", "OPUS"),
+    }  # fmt: skip
+    EQ_KINDS: typing.ClassVar[tuple[str, ...]] = ("peak", "lowshelf", "highshelf")
 
     copies: int = 0
     seed: int = 0
     speed_prob: float = 0.8
     speed: tuple[float, float] = (0.85, 1.15)  # tempo and pitch factor, as Kaldi's speed perturbation
-    pitch_prob: float = 0.3
-    pitch_semitones: tuple[float, float] = (-3.0, 3.0)  # pitch and formants, tempo kept
+    pitch_prob: float = 0.4
+    pitch_semitones: tuple[float, float] = (-5.0, 5.0)  # pitch, tempo kept; formants too unless warped
+    # Vocal tract length: the spectral envelope (formants) scaled by a factor
+    # apart from the pitch, which then moves the pitch alone.
+    formant_prob: float = 0.5
+    formant_warp: tuple[float, float] = (0.85, 1.15)
     noise_prob: float = 0.8
     noise_colors: tuple[str, ...] = ("white", "pink", "brown")
     snr_db: tuple[float, float] = (3.0, 30.0)  # speech power over noise power
@@ -93,14 +102,35 @@ class AugmentConfig:
     # Noise floor under every copy, dB relative to speech power: a real recording
     # never holds digital zeros. None leaves the clip's own silences as they are.
     floor_db: float | None = -60.0
+    # A shoebox room (pyroomacoustics' image source model): size between the
+    # corners, reverberation time, speaker and microphone anywhere 0.5 m from the walls.
+    reverb_prob: float = 0.3
+    room_min_m: tuple[float, float, float] = (3.0, 3.0, 2.4)
+    room_max_m: tuple[float, float, float] = (10.0, 8.0, 4.0)
+    rt60_s: tuple[float, float] = (0.15, 0.7)  # raised where a room cannot be that dry
+    # Microphone and room colouring: random peaking and shelving bands.
+    eq_prob: float = 0.3
+    eq_bands: tuple[int, int] = (1, 3)
+    eq_hz: tuple[float, float] = (100.0, 6000.0)  # drawn on a log scale
+    eq_gain_db: tuple[float, float] = (-12.0, 12.0)
+    eq_octaves: tuple[float, float] = (0.5, 2.0)  # a band's width
+    telephone_prob: float = 0.1  # 300-3400 Hz, 8 kHz G.711 mu-law
+    codec_prob: float = 0.2
+    codecs: tuple[str, ...] = ("mp3", "vorbis")  # opus costs 8x their time
+    # soundfile's compression_level, 0 (best) to 1 (smallest); at 16 kHz 0.8-0.98
+    # is about 30-24 kbps MP3, 36-28 kbps Vorbis and 60-12 kbps Opus.
+    codec_level: tuple[float, float] = (0.8, 0.98)
 
     def __post_init__(self) -> None:
         if self.copies < 0 or self.seed < 0:
             raise ValueError(f"copies and seed must be >= 0, got copies={self.copies}, seed={self.seed}")
-        for name in ("speed_prob", "pitch_prob", "noise_prob", "gain_prob", "band_limit_prob", "silence_prob"):
+        for name in (f.name for f in dataclasses.fields(self) if f.name.endswith("_prob")):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {getattr(self, name)}")
-        for name in ("speed", "pitch_semitones", "snr_db", "gain_db", "silence_s"):
+        for name in (
+            "speed", "pitch_semitones", "formant_warp", "snr_db", "gain_db", "silence_s", "rt60_s", "eq_bands",
+            "eq_hz", "eq_gain_db", "eq_octaves", "codec_level",
+        ):  # fmt: skip
             span = getattr(self, name)
             if len(span) != 2 or span[0] > span[1]:
                 raise ValueError(f"{name} must be a (min, max) pair with min <= max, got {span}")
@@ -110,15 +140,41 @@ class AugmentConfig:
             )
         if abs(self.pitch_semitones[0]) > 12 or abs(self.pitch_semitones[1]) > 12:
             raise ValueError(f"pitch_semitones must be within [-12, 12], got {self.pitch_semitones}")
-        unknown = [c for c in self.noise_colors if c not in self.NOISE_COLORS]
-        if unknown or (self.noise_prob > 0 and not self.noise_colors):
-            raise ValueError(f"noise_colors must name some of {list(self.NOISE_COLORS)}, got {list(self.noise_colors)}")
+        self._check_choices()
+        self._check_room_and_channel()
+
+    def _check_choices(self) -> None:
+        for name, known, prob in (
+            ("noise_colors", self.NOISE_COLORS, self.noise_prob), ("codecs", self.CODECS, self.codec_prob)
+        ):
+            chosen = getattr(self, name)
+            if any(c not in known for c in chosen) or (prob > 0 and not chosen):
+                raise ValueError(f"{name} must name some of {list(known)}, got {list(chosen)}")
         if any(not 0 < rate < SAMPLE_RATE for rate in self.band_limit_rates) or (
             self.band_limit_prob > 0 and not self.band_limit_rates
         ):
             raise ValueError(
                 f"band_limit_rates must be rates in Hz below {SAMPLE_RATE}, got {list(self.band_limit_rates)}"
             )
+
+    def _check_room_and_channel(self) -> None:
+        if not (0.5 <= self.formant_warp[0] and self.formant_warp[1] <= 2.0):
+            raise ValueError(f"formant_warp must be within [0.5, 2], got {self.formant_warp}")
+        corners = (self.room_min_m, self.room_max_m)
+        if any(len(c) != 3 for c in corners) or not all(1.0 < lo <= hi for lo, hi in zip(*corners)):
+            raise ValueError(
+                f"room_min_m and room_max_m must be (length, width, height) in m, each over 1 m and "
+                f"min <= max, got {self.room_min_m} and {self.room_max_m}"
+            )
+        if self.rt60_s[0] <= 0:
+            raise ValueError(f"rt60_s must be > 0, got {self.rt60_s}")
+        if self.eq_bands[0] < 1 or self.eq_hz[0] <= 0 or self.eq_octaves[0] <= 0:
+            raise ValueError(
+                f"eq_bands must be >= 1, eq_hz and eq_octaves > 0, got eq_bands={self.eq_bands}, "
+                f"eq_hz={self.eq_hz}, eq_octaves={self.eq_octaves}"
+            )
+        if not (0.0 <= self.codec_level[0] and self.codec_level[1] < 1.0):
+            raise ValueError(f"codec_level must be within [0, 1), got {self.codec_level}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,17 +190,27 @@ class IngestConfig:
     # "manifest", "huggingface", "commonvoice", "webdataset" or "lhotse".
     format: str = "auto"
     lang_column: str | None = None  # None: the first of language, lang, locale, label
+    # Languages outside `labels` that become the class `other` (slc.data.background),
+    # or ("all-others",); at most `background_per_lang` clips of each.
+    background: tuple[str, ...] = ()
+    background_per_lang: int = 100
     clips_per_task: int = 16
     rows_per_file: int = 128  # also the unit of parallel writing: smaller files, more parallelism
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Speech2Text encoder shape + pooling head. Build from a preset with
-    `ModelConfig.preset("tiny")`; `init_from` names a Speech2Text checkpoint
-    (local directory, or a hub name where there is a network) whose encoder
-    shape and weights replace the preset's."""
+    """Encoder shape + pooling head. Build from a preset with
+    `ModelConfig.preset("tiny")`. `family` is `speech2text` (transformers'
+    Speech2Text encoder: `init_from` names a Speech2Text checkpoint, a local
+    directory or a hub name where there is a network, whose encoder shape and
+    weights replace the preset's) or `tdnn` (an x-vector TDNN of
+    `conv_channels` channels: no pretrained weights, but on a CPU it learns a
+    language from fewer clips and runs faster)."""
 
+    FAMILIES: typing.ClassVar[tuple[str, ...]] = ("speech2text", "tdnn")
+
+    family: str = "speech2text"
     d_model: int = 144
     encoder_layers: int = 4
     encoder_attention_heads: int = 4
@@ -152,11 +218,17 @@ class ModelConfig:
     conv_channels: int = 256
     conv_kernel_sizes: tuple[int, ...] = (5, 5)
     max_source_positions: int = 6000  # after 4x subsampling: 240 s of audio
-    dropout: float = 0.1
+    dropout: float = 0.1  # Speech2Text's; the TDNN's frame layers have none
     attention_dropout: float = 0.1
     head_dropout: float = 0.2
     pooling_hidden: int = 128
     init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.family not in self.FAMILIES:
+            raise ValueError(f"model family must be one of {list(self.FAMILIES)}, got {self.family!r}")
+        if self.family != "speech2text" and self.init_from:
+            raise ValueError(f"init_from loads Speech2Text encoders; the {self.family} family has no pretrained weights")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -166,12 +238,16 @@ class ModelConfig:
 
 
 # Encoder shapes: tiny for CPUs and tests; small is s2t-small's encoder; base
-# is the size of the reference 188 MB fp32 model.
+# is the size of the reference 188 MB fp32 model; tdnn is the x-vector family.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(d_model=144, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=576, conv_channels=256),
-    "small": dict(d_model=256, encoder_layers=12, encoder_attention_heads=4, encoder_ffn_dim=2048, conv_channels=1024),
-    "base": dict(d_model=512, encoder_layers=12, encoder_attention_heads=8, encoder_ffn_dim=2048, conv_channels=2048),
-}
+    "tiny": dict(family="speech2text", d_model=144, encoder_layers=4, encoder_attention_heads=4,
+                 encoder_ffn_dim=576, conv_channels=256),
+    "small": dict(family="speech2text", d_model=256, encoder_layers=12, encoder_attention_heads=4,
+                  encoder_ffn_dim=2048, conv_channels=1024),
+    "base": dict(family="speech2text", d_model=512, encoder_layers=12, encoder_attention_heads=8,
+                 encoder_ffn_dim=2048, conv_channels=2048),
+    "tdnn": dict(family="tdnn", conv_channels=256),
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,6 +322,9 @@ class ExportConfig:
     # median of this many rounds: one noisy timing must not pick a slower graph.
     timing_rounds: int = 5
     min_speedup: float = 1.05  # a variant replaces fp32 as the default only this much faster
+    # The open-set answer (slc.runtime.openset): the threshold rejects this share
+    # of validation clips in the label set; 0 keeps only the background class's answer.
+    target_miss: float = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +368,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     variant: str | None = None  # the bundle's default when None
+    open_set: bool = True  # the bundle's calibration and `unknown` answer (slc.runtime.openset)
     threads: int = 1  # onnxruntime intra-op threads per replica
     num_replicas: int = 1
     num_cpus: float = 1.0  # per replica
@@ -329,7 +409,8 @@ class LabelConfig:
     top_k: int = 3  # probabilities kept per file, highest first
     segments: bool = False  # a timeline of languages per file, from sliding windows
     allow: tuple[str, ...] = ()  # answer only among these languages; empty: all
-    min_confidence: float | None = None  # below it the answer is "unknown"
+    min_confidence: float | None = None  # below it the answer is "unknown"; None: the bundle's open-set threshold
+    open_set: bool = True  # the bundle's calibration and `unknown` answer (slc.runtime.openset)
     max_duration_s: float | None = None  # longest recording accepted; None: the bundle's audio setting
     concurrency: int = 1  # classifier actors
     threads: int = 1  # onnxruntime threads per actor

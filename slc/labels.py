@@ -10,10 +10,15 @@ from collections.abc import Iterable
 
 DEFAULT_LABELS = ("gsw", "de", "it", "fr", "en")
 
+# The class of speech in none of the label set's languages, learnt from other
+# languages (`slc ingest --background`); the open-set answer calls it `unknown`.
+BACKGROUND = "other"
+
 # Spellings seen in corpora and manifests -> the code slc uses. Region subtags
 # not listed here fall back to their language (en-US -> en); de-CH is listed
 # because Swiss corpora use it for Swiss German, a label of its own.
 ALIASES = {
+    BACKGROUND: BACKGROUND,
     "gsw": "gsw",
     "de-ch": "gsw",
     "swiss-german": "gsw",
@@ -79,10 +84,11 @@ class LabelSet:
     @classmethod
     def from_found(cls, codes: Iterable[str]) -> LabelSet:
         """The languages a corpus brings: the default labels first, in their
-        order, then the rest alphabetically."""
+        order, then the rest alphabetically, the background class last."""
         found = set(codes)
         ordered = [c for c in DEFAULT_LABELS if c in found]
-        return cls(tuple(ordered + sorted(found - set(ordered))))
+        rest = sorted(found - set(ordered) - {BACKGROUND})
+        return cls(tuple(ordered + rest + ([BACKGROUND] if BACKGROUND in found else [])))
 
     def __len__(self) -> int:
         return len(self.codes)

@@ -75,12 +75,12 @@ def small_checkpoint(small_shards, tmp_path_factory):
     `small_shards`, saved as a checkpoint that records those shards."""
     import torch
 
-    from slc.training import checkpoint as ckpt
     from slc.config import FeatureConfig, ModelConfig, TrainConfig
-    from slc.training.batches import COLUMNS, collate
-    from slc.labels import LabelSet
-    from slc.training.model import LanguageClassifier
     from slc.data.shards import read_split
+    from slc.labels import LabelSet
+    from slc.training import checkpoint as ckpt
+    from slc.training.batches import COLUMNS, collate
+    from slc.training.model import LanguageClassifier
 
     torch.manual_seed(0)
     config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=8)
@@ -111,6 +111,15 @@ def small_bundle(small_checkpoint, tmp_path_factory):
     directory = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(small_checkpoint, directory, config=ExportConfig(latency_repeats=5, calibration_clips=8))
     return directory
+
+
+@pytest.fixture(scope="session")
+def oracle_bundle(tmp_path_factory):
+    """A bundle whose model knows the truth of `band_oracle` audio (de, fr,
+    it, en): for checking live and offline timelines against the truth."""
+    from band_oracle import write_bundle
+
+    return write_bundle(tmp_path_factory.mktemp("oracle") / "bundle")
 
 
 # Dummy keys: moto accepts any. They travel in URIs because Ray workers
@@ -196,7 +205,7 @@ class RayHead:
     def ray(self, *args: str, token: str | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess:
         env = dict(self.env, RAY_AUTH_TOKEN=token) if token else self.env
         return subprocess.run(
-            [str(VENV_BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+            [str(VENV_BIN / "ray"), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout_s, check=False
         )
 
 

@@ -52,26 +52,53 @@ def synth(
     langs: Annotated[str, typer.Option(help="Comma-separated languages espeak-ng speaks.")] = "de,en,fr,it",
     per_lang: Annotated[int, typer.Option(help="Clips per language.")] = 100,
     seed: Annotated[int, typer.Option(help="Same seed, same corpus.")] = 0,
+    background: Annotated[int, typer.Option(help="Also this many languages outside --langs, spoken by training voices, for `ingest --background`.")] = 0,
+    background_per_lang: Annotated[int, typer.Option(help="Clips per background language.")] = 40,
+    conditions: Annotated[bool, typer.Option(help="Make a robustness test set instead: voices and sentences no demo corpus trains on, all in the test split, each clip under every condition (clean, noise, reverb, telephone, codec) in OUT/<lang>/<condition>/, the condition in the manifest.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Make a demo corpus of espeak-ng speech: many voices, unseen test voices and sentences."""
     with _training_extra("synth"):
         from slc.data.synth import make_corpus
 
+    if conditions and background:
+        raise _fail("--conditions makes a test set of the --langs alone; leave out --background")
     if overwrite and out.exists():
         shutil.rmtree(out)
     codes = [c.strip() for c in langs.split(",") if c.strip()]
+    if conditions:
+        _synth_conditions(out, codes, per_lang, seed)
+        return
     try:
-        with typer.progressbar(length=per_lang * len(codes), label="synthesising", file=None) as bar:
-            summary = make_corpus(out, codes, per_lang, seed=seed, progress=lambda done, total: bar.update(1))
+        total = per_lang * len(codes) + background * background_per_lang
+        with typer.progressbar(length=total, label="synthesising", file=None) as bar:
+            summary = make_corpus(
+                out, codes, per_lang, seed=seed, progress=lambda done, total: bar.update(1),
+                background=background, background_per_lang=background_per_lang,
+            )  # fmt: skip
     except _USER_ERRORS + (RuntimeError,) as error:
         raise _fail(error) from None
     rows = [
         [split, lang, str(summary.clips[split].get(lang, 0)), str(summary.voices[split].get(lang, 0))]
         for split in summary.clips
-        for lang in codes
+        for lang in summary.clips[split]
+        if summary.clips[split][lang]
     ]
     typer.echo(_table(["split", "lang", "clips", "voices"], rows))
+    typer.echo(f"corpus: {summary.root}  manifest: {summary.manifest}")
+
+
+def _synth_conditions(out: Path, codes: list[str], per_lang: int, seed: int) -> None:
+    with _training_extra("synth"):
+        from slc.data.conditions import CONDITIONS, make_conditions_corpus
+
+    try:
+        with typer.progressbar(length=per_lang * len(codes) * (1 + len(CONDITIONS)), label="synthesising", file=None) as bar:
+            summary = make_conditions_corpus(out, codes, per_lang, seed=seed, progress=lambda done, total: bar.update(1))
+    except _USER_ERRORS + (RuntimeError,) as error:
+        raise _fail(error) from None
+    rows = [[name, lang, str(n), str(summary.voices[lang])] for name, by_lang in summary.clips.items() for lang, n in by_lang.items()]
+    typer.echo(_table(["condition", "lang", "clips", "voices"], rows))
     typer.echo(f"corpus: {summary.root}  manifest: {summary.manifest}")
 
 
@@ -89,6 +116,8 @@ def ingest(
     min_duration: Annotated[Optional[float], typer.Option(help=options.with_default("Reject clips shorter than this after trimming (s).", cfg.IngestConfig, "audio.min_duration_s"))] = None,
     trim: Annotated[Optional[bool], typer.Option("--trim/--no-trim", help=options.with_default("Trim leading/trailing silence.", cfg.IngestConfig, "audio.trim_silence"))] = None,
     augment: Annotated[Optional[int], typer.Option(help=options.with_default("Augmented copies of every training clip (speed, noise, gain, band, silence, pitch).", cfg.IngestConfig, "augment.copies"))] = None,
+    background: Annotated[Optional[str], typer.Option(help="Languages outside --labels that become the class 'other' (es,nl,pl), or all-others; split by language, so test's are never trained on. (default: none)")] = None,
+    background_per_lang: Annotated[Optional[int], typer.Option(help=options.with_default("Most clips of one background language.", cfg.IngestConfig, "background_per_lang"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
 ) -> None:
     """Featurize a corpus into Parquet shards per split, with rejects and a summary."""
@@ -101,6 +130,7 @@ def ingest(
             **({"split.mode": "from-release"} if split == "from-release" else options.split_fractions(split)),
             "audio.max_duration_s": max_duration, "audio.min_duration_s": min_duration,
             "audio.trim_silence": trim, "augment.copies": augment,
+            "background": options.codes(background), "background_per_lang": background_per_lang,
         }  # fmt: skip
         settings = config_io.resolve(cfg.IngestConfig, config, flags)
         with terminal.job(out), terminal.Bar("featurizing", "clip") as bar:
@@ -128,6 +158,8 @@ def format_ingest_summary(summary: dict) -> str:
         )
     if summary["rejected_by_reason"]:
         lines.append("rejected by reason: " + json.dumps(summary["rejected_by_reason"]))
+    for split, languages in summary.get("background", {}).items():
+        lines.append(f"background 'other' in {split}: " + ", ".join(f"{lang} {n}" for lang, n in languages.items()))
     if summary["excluded_by_label"]:
         lines.append("outside the label set: " + json.dumps(summary["excluded_by_label"]))
     lines.append(f"shards: {summary['out']}")
@@ -195,13 +227,15 @@ def evaluate(
     shards: Annotated[str, typer.Argument(help="Shard directory (path or URI).")],
     out: Annotated[Path, typer.Argument(help="Report directory: report.md, metrics.json, PNG plots.")],
     split: Annotated[str, typer.Option(help="Shard split to evaluate.")] = "test",
+    target_miss: Annotated[Optional[float], typer.Option(help=options.with_default("Open-set threshold, fitted on the val split: the share of in-set clips answered 'unknown'.", cfg.ExportConfig, "target_miss"))] = None,
 ) -> None:
-    """Score a checkpoint on unseen clips: precision, recall, F1, IoU, confusion matrix, curves."""
+    """Score a checkpoint on unseen clips: precision, recall, F1, IoU, confusion, the open-set answer, calibration, accuracy by duration."""
     with _training_extra("evaluate"):
         from slc.training.evaluation import evaluate as run_evaluate
+        from slc.training.report import open_set_summary
 
     try:
-        metrics = run_evaluate(checkpoint, shards, out, split=split)
+        metrics = run_evaluate(checkpoint, shards, out, split=split, target_miss=target_miss)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     rows = [[code, f"{m['f1']:.4f}", f"{m['precision']:.4f}", f"{m['recall']:.4f}", str(m["support"])]
@@ -209,7 +243,8 @@ def evaluate(
     typer.echo(_table(["lang", "F1", "precision", "recall", "clips"], rows))
     macro = metrics["macro"]
     typer.echo(f"macro F1 {macro['f1']:.4f}  precision {macro['precision']:.4f}  recall {macro['recall']:.4f}  "
-               f"IoU {macro['iou']:.4f}  -> {out / 'report.md'}")
+               f"IoU {macro['iou']:.4f}")
+    typer.echo(f"{open_set_summary(metrics)}\n-> {out / 'report.md'}")
 
 
 @app.command()
@@ -221,6 +256,7 @@ def export(
     max_f1_loss: Annotated[Optional[float], typer.Option(help=options.with_default("A variant losing more macro F1 than this against fp32 is rejected.", cfg.ExportConfig, "max_f1_loss"))] = None,
     calibration_clips: Annotated[Optional[int], typer.Option(help=options.with_default("Validation clips for static int8 calibration.", cfg.ExportConfig, "calibration_clips"))] = None,
     latency_repeats: Annotated[Optional[int], typer.Option(help=options.with_default("Timed runs of one 4 s clip per variant.", cfg.ExportConfig, "latency_repeats"))] = None,
+    target_miss: Annotated[Optional[float], typer.Option(help=options.with_default("Open-set threshold: the share of in-set validation clips answered 'unknown'.", cfg.ExportConfig, "target_miss"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace BUNDLE if it has contents.")] = False,
 ) -> None:
     """Export a checkpoint to ONNX with optimised and quantized variants, each scored and timed."""
@@ -228,7 +264,10 @@ def export(
         from slc.export.exporter import ExportError, export_bundle, variants_table
 
     try:
-        flags = {"max_f1_loss": max_f1_loss, "calibration_clips": calibration_clips, "latency_repeats": latency_repeats}
+        flags = {
+            "max_f1_loss": max_f1_loss, "calibration_clips": calibration_clips, "latency_repeats": latency_repeats,
+            "target_miss": target_miss,
+        }  # fmt: skip
         settings = config_io.resolve(cfg.ExportConfig, config, flags)
         with terminal.job(bundle, uses_ray=False), terminal.Bar("scoring variants", "variant") as bar:
             manifest = export_bundle(checkpoint, bundle, shards=shards, overwrite=overwrite, config=settings, progress=bar)
@@ -245,7 +284,8 @@ def predict(
     variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
     top_k: Annotated[int, typer.Option(help="Probabilities shown per file.")] = 3,
     allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'. (default: the bundle's open-set threshold)")] = None,
+    open_set: Annotated[str, typer.Option(help=options.OPEN_SET_HELP)] = "on",
     segments: Annotated[bool, typer.Option(help="Timeline of languages from sliding windows.")] = False,
     threads: Annotated[int, typer.Option(help="onnxruntime threads.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per file.")] = False,
@@ -257,7 +297,7 @@ def predict(
 
     allowed = [c for c in allow.split(",") if c.strip()] if allow else None
     try:
-        classifier = Classifier(bundle, variant=variant, threads=threads)
+        classifier = Classifier(bundle, variant=variant, threads=threads, open_set=options.on_off(open_set, "--open-set"))
     except _USER_ERRORS as error:
         raise _fail(error) from None
     failed = 0
@@ -303,6 +343,7 @@ def serve(
     replicas: Annotated[Optional[int], typer.Option(help=options.with_default("Replicas, each holding the model.", cfg.ServeConfig, "num_replicas"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads (and CPUs) per replica.", cfg.ServeConfig, "threads"))] = None,
     max_batch_size: Annotated[Optional[int], typer.Option(help=options.with_default("Requests classified together.", cfg.ServeConfig, "max_batch_size"))] = None,
+    open_set: Annotated[Optional[str], typer.Option(help=options.OPEN_SET_HELP + " (default: on)")] = None,
     once: Annotated[Optional[Path], typer.Option(help="Start, classify this audio file over HTTP, print the answer, stop.")] = None,
 ) -> None:
     """Serve a bundle over HTTP with Ray Serve: POST /v1/classify, a web page at /. Ctrl-C stops."""
@@ -313,7 +354,7 @@ def serve(
         settings = config_io.override(base, {
             "host": host, "port": port, "variant": variant, "num_replicas": replicas,
             "threads": threads, "num_cpus": None if threads is None else float(threads),
-            "max_batch_size": max_batch_size,
+            "max_batch_size": max_batch_size, "open_set": options.on_off(open_set, "--open-set"),
             # Room for two batches in a replica's queue, or batches never fill.
             "max_ongoing_requests": None if max_batch_size is None else max(base.max_ongoing_requests, 2 * max_batch_size),
         })  # fmt: skip
@@ -379,7 +420,8 @@ def label(
     top_k: Annotated[Optional[int], typer.Option(help=options.with_default("Probabilities kept per file, highest first.", cfg.LabelConfig, "top_k"))] = None,
     segments: Annotated[Optional[bool], typer.Option("--segments/--no-segments", help=options.with_default("A timeline of languages per file, from sliding windows.", cfg.LabelConfig, "segments"))] = None,
     allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr. (default: all)")] = None,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'.")] = None,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'. (default: the bundle's open-set threshold)")] = None,
+    open_set: Annotated[Optional[str], typer.Option(help=options.OPEN_SET_HELP + " (default: on)")] = None,
     max_duration: Annotated[Optional[float], typer.Option(help="Longest recording accepted (s); default: the bundle's.")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help=options.with_default("Classifier actors (pool shape).", cfg.LabelConfig, "concurrency"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads per actor (pool) or task (fused).", cfg.LabelConfig, "threads"))] = None,
@@ -402,7 +444,7 @@ def label(
             "min_confidence": min_confidence, "max_duration_s": max_duration, "concurrency": concurrency,
             "threads": threads, "cpus_per_actor": cpus_per_actor, "cpus_per_task": cpus_per_task,
             "files_per_task": files_per_task, "rows_per_file": rows_per_file, "truth_column": truth_column,
-            "audio_s_per_task": audio_per_task, "shape": shape,
+            "audio_s_per_task": audio_per_task, "shape": shape, "open_set": options.on_off(open_set, "--open-set"),
         }  # fmt: skip
         settings = config_io.resolve(cfg.LabelConfig, config, flags)
         with terminal.job(out), terminal.Bar("labelling", "file") as bar:

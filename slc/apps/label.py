@@ -64,7 +64,7 @@ def label(
     """
     started = time.perf_counter()
     bundle = Path(bundle).expanduser().resolve()  # workers may run in another directory
-    classifier = Classifier(bundle, config.variant, config.threads)  # a bad bundle or variant fails here, not in a worker
+    classifier = Classifier(bundle, config.variant, config.threads, open_set=config.open_set)  # a bad bundle or variant fails here, not in a worker
     settings = {"bundle": classifier.info, "config": config_io.to_dict(config)}
     fs, root = open_output(out, settings, resume, overwrite)
     listing = list_inputs(inputs, lang_column=config.truth_column)

@@ -137,9 +137,9 @@ def _sizes(items: list[dict[str, Any]], filesystems: list[pafs.FileSystem]) -> l
 
 
 @functools.lru_cache(maxsize=2)
-def _classifier(bundle: str, variant: str | None) -> Classifier:
+def _classifier(bundle: str, variant: str | None, open_set: bool) -> Classifier:
     """One per worker process, kept across read tasks; one thread, as tasks are many."""
-    return Classifier(bundle, variant, threads=1)
+    return Classifier(bundle, variant, threads=1, open_set=open_set)
 
 
 @functools.lru_cache(maxsize=2)
@@ -156,7 +156,7 @@ def read_batch(
 ) -> pa.Table:
     """Items (from `list_inputs`) -> rows of _READ_SCHEMA: the features of a
     whole clip, the waveform of one to classify by windows, or the error."""
-    classifier = _classifier(bundle, config.variant)
+    classifier = _classifier(bundle, config.variant, config.open_set)
     decoded = decode_items(batch.to_pylist(), filesystems, _audio_config(classifier, config))
     return _read_table(decoded, classifier, config)
 
@@ -255,7 +255,7 @@ class Labeller:
     def __init__(
         self, bundle: str, config: LabelConfig, report: Reporter | None = None, batch_size: int = 16
     ) -> None:
-        self.classifier = Classifier(bundle, config.variant, config.threads, batch_size)
+        self.classifier = Classifier(bundle, config.variant, config.threads, batch_size, open_set=config.open_set)
         self.config = config
         self.allow = list(config.allow) or None
         self.report = report

@@ -16,8 +16,9 @@ from slc import config as cfg
 CONFIG_HELP = "{} as YAML or JSON; flags given override it, settings it leaves out keep their defaults."
 
 PRESET_HELP = (
-    "Encoder size: tiny (1.3 M parameters, for CPUs and tests), small (17.5 M, the s2t-small encoder), "
-    "base (44.0 M, the size of the 188 MB reference model). (default: the TrainConfig's encoder shape, tiny)"
+    "Encoder: Speech2Text tiny (1.3 M parameters, for CPUs and tests), small (17.5 M, the s2t-small encoder), "
+    "base (44.0 M, the size of the 188 MB reference model); or tdnn (0.8 M, an x-vector TDNN: learns faster "
+    "on CPUs, no pretrained weights). (default: the TrainConfig's encoder shape, tiny)"
 )
 
 TRAINING_EXTRA = "pip install 'slc[train]'"
@@ -28,6 +29,18 @@ def with_default(text: str, cls: type, name: str) -> str:
     value = config_io.default(cls, name)
     shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
     return f"{text} (default: {shown})"
+
+
+OPEN_SET_HELP = "on: calibrated confidences and 'unknown' for other languages, as the bundle was fitted; off: always one of the model's languages."
+
+
+def on_off(text: str | None, flag: str) -> bool | None:
+    """`on`/`off` -> True/False; None when the flag was not given."""
+    if text is None:
+        return None
+    if text not in ("on", "off"):
+        raise ValueError(f"{flag} takes on or off, got {text!r}")
+    return text == "on"
 
 
 def codes(text: str | None) -> tuple[str, ...] | None:

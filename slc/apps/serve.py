@@ -171,7 +171,8 @@ class LanguageService:
     def __init__(self, bundle: str, config: dict[str, Any]) -> None:
         self.config = from_dict(ServeConfig, config)
         self.classifier = Classifier(
-            bundle, variant=self.config.variant, threads=self.config.threads, batch_size=self.config.max_batch_size
+            bundle, variant=self.config.variant, threads=self.config.threads, batch_size=self.config.max_batch_size,
+            open_set=self.config.open_set,
         )
         limit = min(self.classifier.audio_config.max_duration_s, self.config.max_duration_s)
         self.audio_config = dataclasses.replace(self.classifier.audio_config, max_duration_s=limit)
@@ -184,6 +185,7 @@ class LanguageService:
         self.streams = StreamHub(
             self.config.stream, self.classifier.window, self.classifier.labels.codes,
             self.classifier.feature_config.sample_rate, self._score_windows,
+            self.classifier.threshold(None), self.classifier.open_set is not None,
         )  # fmt: skip
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

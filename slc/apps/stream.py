@@ -47,9 +47,17 @@ class StreamHub:
     each runs."""
 
     def __init__(
-        self, config: StreamConfig, window: WindowConfig, codes: Sequence[str], sample_rate: int, score: Scorer
+        self,
+        config: StreamConfig,
+        window: WindowConfig,
+        codes: Sequence[str],
+        sample_rate: int,
+        score: Scorer,
+        threshold: float | None = None,
+        open_set: bool = True,
     ) -> None:
         self.config, self.window, self.codes, self.rate, self.score = config, window, tuple(codes), sample_rate, score
+        self.threshold, self.open_set = threshold, open_set  # the bundle's open-set answer (StreamSession)
         self.open = 0
 
     async def run(self, websocket: WebSocket) -> None:
@@ -79,7 +87,7 @@ class StreamHub:
         if first.get("text") is None:
             raise StreamClosed(POLICY_VIOLATION, "bad_start", "start message: expected JSON text, got a binary frame")
         start = StreamStart.parse(first["text"], self.codes)
-        session = StreamSession(start, self.config, self.window, self.codes, self.rate)
+        session = StreamSession(start, self.config, self.window, self.codes, self.rate, self.threshold, self.open_set)
         await websocket.send_json({
             "type": "ready", "sample_rate": self.rate, "window_s": self.window.window_s, "hop_s": session.hop_s,
             "labels": [c for c, keep in zip(self.codes, session.keep) if keep],

@@ -22,7 +22,7 @@ import soxr
 
 from slc.apps.stream_activity import is_speech
 from slc.config import StreamConfig, WindowConfig
-from slc.labels import LabelError, normalize
+from slc.labels import BACKGROUND, LabelError, normalize
 from slc.runtime import smoothing
 
 # Sample format -> (numpy dtype, full scale).
@@ -126,11 +126,26 @@ class StreamSession:
     turns each window's probabilities (None for silence) into events."""
 
     def __init__(
-        self, start: StreamStart, config: StreamConfig, window: WindowConfig, codes: Sequence[str], sample_rate: int
+        self,
+        start: StreamStart,
+        config: StreamConfig,
+        window: WindowConfig,
+        codes: Sequence[str],
+        sample_rate: int,
+        threshold: float | None = None,
+        open_set: bool = True,
     ) -> None:
         self.start, self.config, self.window, self.codes, self.rate = start, config, window, tuple(codes), sample_rate
         self.hop_s = start.hop_s or config.hop_s
-        self.keep = np.array([start.allow is None or c in start.allow for c in self.codes])
+        # The open-set answer, as the Classifier gives it (slc.runtime.openset):
+        # the start message's min_confidence or the bundle's threshold, and the
+        # background class named `unknown` (or left out when the open set is off).
+        self.threshold = start.min_confidence if start.min_confidence is not None else threshold
+        self.names = tuple(smoothing.UNKNOWN if c == BACKGROUND else c for c in self.codes)
+        self.keep = np.array([
+            (c == BACKGROUND and open_set) or (c != BACKGROUND and (start.allow is None or c in start.allow))
+            for c in self.codes
+        ])  # fmt: skip
         self.dtype, self.scale = ENCODINGS[start.encoding]
         self.resampler = (
             soxr.ResampleStream(start.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -144,6 +159,8 @@ class StreamSession:
         self.smoother = smoothing.Smoother(len(self.codes), window.change_evidence, window.evidence_cap)
         self.bounds: list[tuple[int, int]] = []  # speech windows scored
         self.scores: list[np.ndarray] = []
+        self.silent_until = 0  # end (samples) of the last window the gate called silence
+        self.speech_from = 0  # where the first speech window's speech can have begun
 
     @property
     def received_s(self) -> float:
@@ -209,11 +226,14 @@ class StreamSession:
         None when the gate heard no speech -> the events it earns."""
         where = {"time_s": round(end / self.rate, 3), "start_s": round(start / self.rate, 3)}
         if probabilities is None:
+            self.silent_until = end
             return [{"type": "silence", **where}]
         scores = np.where(self.keep, probabilities, 0.0)
         scores = scores / max(float(scores.sum()), 1e-12)
         before = self.smoother.current
         change = self.smoother.push(scores, self.hop_s)
+        if not self.bounds:
+            self.speech_from = max(start, self.silent_until)
         self.bounds.append((start, end))
         self.scores.append(scores)
         current = self.smoother.current if self.smoother.current is not None else int(scores.argmax())
@@ -226,28 +246,29 @@ class StreamSession:
         if change is not None:
             events.append({
                 "type": "change", "time_s": where["time_s"], "at_s": self._change_time(change.since),
-                "from": None if before is None else self.codes[before], "language": self.codes[change.label],
+                "from": None if before is None else self.names[before], "language": self.names[change.label],
                 "confidence": round(float(scores[change.label]), 4),
             })  # fmt: skip
         return events
 
     def _name(self, label: int, scores: np.ndarray) -> str:
-        threshold = self.start.min_confidence
-        return smoothing.UNKNOWN if threshold is not None and scores[label] < threshold else self.codes[label]
+        below = self.threshold is not None and scores[label] < self.threshold
+        return smoothing.UNKNOWN if below else self.names[label]
 
     def _change_time(self, since: int) -> float:
         """Where a change happened: the middle of the overlap of the windows
-        either side of `since` (the start of the first window for window 0)."""
+        either side of `since`; for the first speech window, its start or,
+        after silence, the end of the last window the gate called silent."""
         if since == 0:
-            return round(self.bounds[0][0] / self.rate, 3)
+            return round(self.speech_from / self.rate, 3)
         return round((self.bounds[since - 1][1] + self.bounds[since][0]) / 2 / self.rate, 3)
 
     def final(self) -> dict[str, Any]:
         """The whole stream's timeline, smoothed as a recording's is."""
         segments = smoothing.timeline(
-            self.bounds, np.array(self.scores).reshape(len(self.scores), len(self.codes)), self.codes,
+            self.bounds, np.array(self.scores).reshape(len(self.scores), len(self.codes)), self.names,
             self.produced, self.rate, self.hop_s, self.window.change_evidence, self.window.evidence_cap,
-            self.start.min_confidence,
+            self.threshold,
         )  # fmt: skip
         return {
             "type": "final",

@@ -6,10 +6,11 @@ the recipe, stored as JSON next to the copy, says exactly what was done.
 `copies` draws a clip's recipes from `(config.seed, clip id)` alone, so a
 clip's copies are the same on every run and on any worker.
 
-`apply` follows the way a recording comes about: the speaker (speed, pitch),
-pauses around the utterance (silence), the room (noise, noise floor), the
-microphone level and converter (gain, clipping), the channel (band-limiting).
-Pure numpy and soxr; with the default config about 1 ms per second of audio.
+`apply` follows the way a recording comes about: the speaker (speed, pitch,
+vocal tract length), pauses around the utterance (silence), the room
+(reverberation, noise, noise floor), the microphone (equaliser colouring,
+level, converter clipping), the channel (band-limiting, telephone, codec).
+Rooms are in `slc.data.rooms`, channels in `slc.data.channels`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import soxr
 from numpy.lib.stride_tricks import sliding_window_view
 
 from slc.config import SAMPLE_RATE, AugmentConfig
+from slc.data import channels, rooms
 
 # Below this, coloured noise is flat: microphones and rooms have little energy
 # there, and an unbounded 1/f^2 would put nearly all its power into rumble.
@@ -31,13 +33,19 @@ _NOISE_CORNER_HZ = 50.0
 # search either way spans a whole period down to 62 Hz, so a match is found.
 _FRAME_S = 0.032
 _SEARCH_S = 0.008
+# Formant warping: 32 ms frames at 75% overlap; an LPC envelope of order 20
+# (the usual sample rate in kHz + 4) follows the formants, not the harmonics.
+_ENVELOPE_FRAME_S = 0.032
+_LPC_ORDER = 20
+_ENVELOPE_MAX_GAIN_DB = 40.0  # a formant moved into a deep valley does not lift the noise there beyond this
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """Everything that makes one augmented copy. Neutral values switch a part
-    off: `speed` 1, `pitch_semitones` 0, `noise` None, `gain_db` 0,
-    `band_rate` None, pads 0, `floor_db` None."""
+    off: `speed` 1, `pitch_semitones` 0, `formant_warp` None, `noise` None,
+    `gain_db` 0, `band_rate` None, pads 0, `floor_db` None, `room_m` None,
+    `eq` empty, `telephone` False, `codec` None."""
 
     seed: int  # seeds the noise and the noise floor
     speed: float = 1.0  # tempo and pitch factor: the copy is 1/speed as long
@@ -49,6 +57,17 @@ class Recipe:
     floor_db: float | None = None  # white noise floor power relative to speech power
     gain_db: float = 0.0
     band_rate: int | None = None  # Hz: resampled down to this and back
+    # Spectral envelope (formants) scale against the speed-perturbed voice, pitch
+    # and tempo kept; None: the formants follow the pitch shift.
+    formant_warp: float | None = None
+    room_m: tuple[float, float, float] | None = None  # a shoebox room (see slc.data.rooms), with:
+    rt60_s: float | None = None
+    source_m: tuple[float, float, float] | None = None
+    mic_m: tuple[float, float, float] | None = None
+    eq: tuple[channels.Band, ...] = ()  # (kind, Hz, dB, octaves) bands, see channels.eq_gain_db
+    telephone: bool = False
+    codec: str | None = None  # a codec of AugmentConfig.CODECS, with:
+    codec_level: float | None = None  # its compression level, [0, 1)
 
     def __post_init__(self) -> None:
         if self.noise is not None and self.noise not in AugmentConfig.NOISE_COLORS:
@@ -59,6 +78,21 @@ class Recipe:
             raise ValueError(
                 f"speed must be > 0 and pads >= 0, got speed={self.speed}, "
                 f"pads=({self.pad_start_s}, {self.pad_end_s})"
+            )
+        if self.formant_warp is not None and not 0.5 <= self.formant_warp <= 2.0:
+            raise ValueError(f"formant_warp must be within [0.5, 2], got {self.formant_warp}")
+        room = (self.room_m, self.rt60_s, self.source_m, self.mic_m)
+        if any(part is None for part in room) and any(part is not None for part in room):
+            raise ValueError(f"room_m, rt60_s, source_m and mic_m go together, got {room}")
+        for kind, *_ in self.eq:
+            if kind not in AugmentConfig.EQ_KINDS:
+                raise ValueError(f"unknown equaliser band {kind!r}; choose from {list(AugmentConfig.EQ_KINDS)}")
+        if self.codec is not None and self.codec not in AugmentConfig.CODECS:
+            raise ValueError(f"unknown codec {self.codec!r}; choose from {list(AugmentConfig.CODECS)}")
+        if (self.codec is None) != (self.codec_level is None) or not 0.0 <= (self.codec_level or 0.0) < 1.0:
+            raise ValueError(
+                f"codec and codec_level (within [0, 1)) go together, got codec={self.codec!r}, "
+                f"codec_level={self.codec_level}"
             )
 
     def to_json(self) -> str:
@@ -71,7 +105,12 @@ class Recipe:
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"unknown Recipe fields: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{name: _tuples(value) for name, value in data.items()})
+
+
+def _tuples(value: object) -> object:
+    """JSON's lists back into the tuples a Recipe holds (so recipes compare and hash)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def draw(rng: np.random.Generator, config: AugmentConfig) -> Recipe:
@@ -95,44 +134,83 @@ def draw(rng: np.random.Generator, config: AugmentConfig) -> Recipe:
         snr = uniform(config.snr_db, 2)
     gain = uniform(config.gain_db, 2) if on(config.gain_prob) else 0.0
     band_rate = int(rng.choice(config.band_limit_rates)) if on(config.band_limit_prob) else None
+    # Parts added later draw after the earlier ones, so a config that leaves
+    # them off draws the recipes it drew before they existed.
+    formant = uniform(config.formant_warp, 4) if on(config.formant_prob) else None
+    room = (None,) * 4
+    if on(config.reverb_prob):
+        room = rooms.draw_room(rng, config.room_min_m, config.room_max_m, config.rt60_s)
+    eq = _draw_eq(rng, config) if on(config.eq_prob) else ()
+    telephone = on(config.telephone_prob)
+    codec = level = None
+    if on(config.codec_prob):
+        codec = str(rng.choice(config.codecs))
+        level = uniform(config.codec_level, 3)
     return Recipe(
         seed=seed, speed=speed, pitch_semitones=pitch, pad_start_s=pads[0], pad_end_s=pads[1],
         noise=noise, snr_db=snr, floor_db=config.floor_db, gain_db=gain, band_rate=band_rate,
-    )
+        formant_warp=formant, room_m=room[0], rt60_s=room[1], source_m=room[2], mic_m=room[3], eq=eq,
+        telephone=telephone, codec=codec, codec_level=level,
+    )  # fmt: skip
+
+
+def _draw_eq(rng: np.random.Generator, config: AugmentConfig) -> tuple[channels.Band, ...]:
+    """Between `eq_bands` random bands: kind, frequency (log-uniform), gain, width."""
+    bands = []
+    for _ in range(int(rng.integers(config.eq_bands[0], config.eq_bands[1] + 1))):
+        kind = str(rng.choice(AugmentConfig.EQ_KINDS))
+        hz = round(float(np.exp(rng.uniform(*np.log(config.eq_hz)))), 1)
+        db = round(float(rng.uniform(*config.eq_gain_db)), 2)
+        bands.append((kind, hz, db, round(float(rng.uniform(*config.eq_octaves)), 3)))
+    return tuple(bands)
 
 
 def apply(clip: np.ndarray, recipe: Recipe, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """One augmented copy of `clip` (`float[n]`, mono, at `sample_rate`).
 
     Returns `float32[m]`, finite, within [-1, 1], with m = round(n / speed)
-    plus the padding (round(pad_s * sample_rate) at each end). SNR and floor
-    are relative to the power of the speech, not of the padded copy. Overloads
-    are clipped at full scale, as a converter does, not limited: clipping
+    plus the padding (round(pad_s * sample_rate) at each end): a room's tail
+    past the end is cut. SNR and floor are relative to the power of the
+    speech, not of the padded copy; a room keeps that power. Overloads are
+    clipped at full scale, as a converter does, not limited: clipping
     distortion is a condition to learn, and a limiter's level change alone
     would vanish in the features' mean normalisation. Raises ValueError for an
-    empty clip or a `band_rate` not below `sample_rate`.
+    empty clip, a `band_rate` not below `sample_rate`, a room that cannot be
+    built, or a channel that cannot carry `sample_rate` (see slc.data.channels).
     """
     if len(clip) == 0:
         raise ValueError("cannot augment an empty clip")
     if recipe.band_rate is not None and recipe.band_rate >= sample_rate:
         raise ValueError(f"band_rate {recipe.band_rate} Hz must be below the clip's {sample_rate} Hz")
-    audio = _voice(np.asarray(clip, dtype=np.float32), recipe.speed, recipe.pitch_semitones, sample_rate)
+    audio = _voice(
+        np.asarray(clip, dtype=np.float32), recipe.speed, recipe.pitch_semitones, recipe.formant_warp, sample_rate
+    )
     speech_power = float(np.mean(np.square(audio, dtype=np.float64)))
     pads = (round(recipe.pad_start_s * sample_rate), round(recipe.pad_end_s * sample_rate))
     audio = np.pad(audio, pads)
+    if recipe.room_m is not None:
+        room = (recipe.room_m, recipe.rt60_s, recipe.source_m, recipe.mic_m)
+        audio = rooms.reverberate(audio, rooms.impulse_response(*room, sample_rate))
     noise_seed, floor_seed = np.random.SeedSequence(recipe.seed).spawn(2)
     if recipe.noise is not None:
         power = speech_power * 10.0 ** (-recipe.snr_db / 10.0)
         audio += _noise(len(audio), AugmentConfig.NOISE_COLORS[recipe.noise], power, noise_seed, sample_rate)
     if recipe.floor_db is not None:
         audio += _noise(len(audio), 0.0, speech_power * 10.0 ** (recipe.floor_db / 10.0), floor_seed, sample_rate)
+    if recipe.eq:
+        audio = channels.equalize(audio, recipe.eq, sample_rate)
     audio = np.clip(audio * np.float32(10.0 ** (recipe.gain_db / 20.0)), -1.0, 1.0)
     if recipe.band_rate is not None:
         narrow = soxr.resample(audio, sample_rate, recipe.band_rate)
         wide = soxr.resample(narrow, recipe.band_rate, sample_rate)
         # The round trip can be a sample off; the filters' overshoot saturates as PCM does.
         audio = np.clip(np.pad(wide, (0, max(0, len(audio) - len(wide))))[: len(audio)], -1.0, 1.0)
-    return np.ascontiguousarray(audio, dtype=np.float32)
+    if recipe.telephone:
+        audio = channels.telephone(audio, sample_rate)
+    if recipe.codec is not None:
+        audio = channels.codec(audio, recipe.codec, recipe.codec_level, sample_rate)
+    # The channels' filters overshoot; a decoder saturates at full scale.
+    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
 
 
 def copies(
@@ -147,10 +225,14 @@ def copies(
     return [(recipe, apply(clip, recipe, sample_rate)) for recipe in recipes]
 
 
-def _voice(clip: np.ndarray, speed: float, semitones: float, sample_rate: int) -> np.ndarray:
-    """Speed perturbation (resampling: tempo and pitch by `speed`) and a pitch
+def _voice(
+    clip: np.ndarray, speed: float, semitones: float, formant_warp: float | None, sample_rate: int
+) -> np.ndarray:
+    """Speed perturbation (resampling: tempo and pitch by `speed`), a pitch
     and formant shift by `semitones` at unchanged tempo (resampling by the
-    combined factor, then WSOLA back to the length of speed alone)."""
+    combined factor, then WSOLA back to the length of speed alone), then, with
+    `formant_warp`, the spectral envelope moved so the formants sit at
+    `formant_warp` times those of the speed-perturbed voice."""
     pitch = 2.0 ** (semitones / 12.0)
     length = max(1, round(len(clip) / speed))
     if speed * pitch != 1.0:
@@ -158,7 +240,53 @@ def _voice(clip: np.ndarray, speed: float, semitones: float, sample_rate: int) -
         clip = soxr.resample(clip, sample_rate * speed * pitch, sample_rate)
     if pitch != 1.0:
         clip = _stretch(clip, length, sample_rate)
+    if formant_warp is not None and formant_warp != pitch:
+        clip = _warp_envelope(clip, formant_warp / pitch, sample_rate)
     return clip
+
+
+def _warp_envelope(audio: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Formants moved by `factor` at the same pitch and length: every STFT
+    frame's spectrum is multiplied by its LPC envelope read at f / factor
+    over the envelope at f, keeping the harmonics and phases of the voice;
+    then overlap-added."""
+    frame = 4 * round(_ENVELOPE_FRAME_S * sample_rate / 4)
+    hop = frame // 4
+    # Frames batched through one FFT call (scipy's ShortTimeFFT goes a frame at a time, 5x slower).
+    padded = np.pad(audio, (frame, frame + (-len(audio)) % hop))
+    window = np.hanning(frame + 1)[:-1]
+    spectrum = np.fft.rfft(sliding_window_view(padded, frame)[::hop] * window, axis=1)  # [frames, bins]
+    autocorrelation = np.fft.irfft(np.abs(spectrum) ** 2, frame, axis=1)[:, : _LPC_ORDER + 1]
+    # A little white noise keeps the prediction stable on pure tones and digital silence.
+    autocorrelation[:, 0] = autocorrelation[:, 0] * (1.0 + 1e-6) + 1e-12
+    envelope = -np.log(np.abs(np.fft.rfft(_lpc(autocorrelation), frame, axis=1)))
+    top = envelope.shape[1] - 1
+    source = np.minimum(np.arange(top + 1) / factor, top)  # past Nyquist: the last bin's level
+    low = np.floor(source).astype(np.int64)
+    weight = source - low
+    warped = envelope[:, low] * (1.0 - weight) + envelope[:, np.minimum(low + 1, top)] * weight
+    limit = _ENVELOPE_MAX_GAIN_DB / 20.0 * np.log(10.0)
+    frames = np.fft.irfft(spectrum * np.exp(np.clip(warped - envelope, -limit, limit)), frame, axis=1) * window
+    out = np.zeros(len(padded) + frame)
+    for quarter in range(4):
+        block = frames[:, quarter * hop : (quarter + 1) * hop].ravel()
+        out[quarter * hop : quarter * hop + len(block)] += block
+    # Periodic Hann analysis and synthesis windows at a quarter-frame hop sum to 1.5.
+    return (out[frame : frame + len(audio)] / 1.5).astype(np.float32)
+
+
+def _lpc(autocorrelation: np.ndarray) -> np.ndarray:
+    """Levinson-Durbin on every row at once: `float[frames, p + 1]`
+    autocorrelations -> prediction error filters `[1, a_1 .. a_p]` of the same shape."""
+    order = autocorrelation.shape[1] - 1
+    coefficients = np.zeros_like(autocorrelation)
+    coefficients[:, 0] = 1.0
+    error = autocorrelation[:, 0].copy()
+    for i in range(1, order + 1):
+        reflection = -np.sum(coefficients[:, :i] * autocorrelation[:, i:0:-1], axis=1) / error
+        coefficients[:, 1 : i + 1] = coefficients[:, 1 : i + 1] + reflection[:, None] * coefficients[:, i - 1 :: -1]
+        error = error * (1.0 - reflection**2)
+    return coefficients
 
 
 def _stretch(audio: np.ndarray, length: int, sample_rate: int) -> np.ndarray:

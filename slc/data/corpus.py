@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import posixpath
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path, PurePath, PurePosixPath
 
 import pyarrow.fs as pafs
@@ -30,7 +32,10 @@ import pyarrow.fs as pafs
 from slc import storage
 from slc.batch import formats, inputs
 from slc.config import SplitConfig
-from slc.labels import LabelError, LabelSet, normalize
+from slc.data.background import select as select_background
+from slc.labels import BACKGROUND, LabelError, LabelSet, normalize
+
+log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64"}
@@ -59,6 +64,7 @@ class Clip:
     size: int | None = None
     data: bytes | None = None
     span: list[float] | None = None  # (start_s, duration_s) of a segment
+    source_lang: str | None = None  # a background clip's own language (its `lang` is `other`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,8 @@ def discover(
     split: SplitConfig = SplitConfig(),
     layout: str = "auto",
     lang_column: str | None = None,
+    background: Sequence[str] = (),
+    background_per_lang: int = 100,
 ) -> Corpus:
     """All clips of a corpus (a local path or a URI), sorted by id.
 
@@ -91,8 +99,12 @@ def discover(
     `lang_column` names the column or field holding the language in formats
     that have them. `labels` restricts the corpus to those languages, in that
     order; clips of other languages are counted in `Corpus.excluded`. Without
-    it the label set is every language found.
+    it the label set is every language found. `background` languages (or
+    `all-others`) outside `labels` join as the class `other`, at most
+    `background_per_lang` clips each (slc.data.background).
     """
+    if background and labels is None:
+        raise CorpusError("a background class needs --labels: without them every language is a label")
     if layout not in FORMATS:
         raise CorpusError(f"unknown corpus format {layout!r}; use one of {list(FORMATS)}")
     location = str(source)
@@ -111,7 +123,22 @@ def discover(
         clips = _format_clips(fs, path, shown, files, layout, lang_column, split)
     else:
         clips = _layout_clips(fs, path, shown, files, layout, split)
-    return _restricted(clips, labels, fs, hidden)
+    corpus = _restricted(clips, labels, fs, hidden)
+    if not background:
+        return corpus
+    try:
+        others, splits = select_background(clips, corpus.labels, background, background_per_lang, split)
+    except ValueError as error:
+        raise CorpusError(f"{shown}: {error}") from None
+    log.info("background class %r: %d clips of %s", BACKGROUND, len(others),
+             ", ".join(f"{lang} ({where})" for lang, where in sorted(splits.items())))
+    # Clips beyond a language's cap stay excluded, so every clip is counted once.
+    taken = Counter(c.source_lang for c in others)
+    excluded = {lang: n - taken[lang] for lang, n in corpus.excluded.items() if n > taken[lang]}
+    return dataclasses.replace(
+        corpus, clips=sorted(corpus.clips + others, key=lambda c: c.id),
+        labels=LabelSet(corpus.labels.codes + (BACKGROUND,)), excluded=excluded,
+    )  # fmt: skip
 
 
 def _layout_clips(

@@ -31,7 +31,7 @@ from slc.data import augment
 from slc.config import FeatureConfig, IngestConfig
 from slc.data.corpus import SPLITS, Corpus, discover
 from slc.data.features import Fbank, extract
-from slc.labels import LabelSet
+from slc.labels import BACKGROUND, LabelSet
 from slc.batch.raydata import without_resource_reservation
 from slc.data.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, features_column
 
@@ -51,7 +51,9 @@ def ingest(
     started = time.perf_counter()
     fs, root = storage.prepare_output(out, overwrite)
     labels = LabelSet.parse(config.labels) if config.labels else None
-    found = discover(corpus, labels, config.split, config.format, config.lang_column)
+    found = discover(
+        corpus, labels, config.split, config.format, config.lang_column, config.background, config.background_per_lang
+    )
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
 
     sink = ShardSink(fs, root, config.rows_per_file)
@@ -72,11 +74,11 @@ def ingest(
 
 def clip_items(found: Corpus) -> list[dict[str, Any]]:
     """The clips of `found` as items (see `slc.batch.inputs`) on
-    `[found.filesystem]`, with their `id, lang, split, group`."""
+    `[found.filesystem]`, with their `id, lang, source_lang, split, group`."""
     return [
         {
             **inputs.item(c.path, 0, c.source, member=c.member, offset=c.offset, size=c.size, data=c.data, span=c.span),
-            "id": c.id, "lang": c.lang, "split": c.split, "group": c.group,
+            "id": c.id, "lang": c.lang, "source_lang": c.source_lang or c.lang, "split": c.split, "group": c.group,
         }  # fmt: skip
         for c in found.clips
     ]
@@ -117,7 +119,7 @@ def featurize_batch(
     clips = batch.to_pylist()
     rows: list[dict[str, Any]] = []
     for clip, decoded in zip(clips, decode_items(clips, filesystems, config.audio)):
-        described = {name: clip[name] for name in ("id", "path", "lang", "split", "group")}
+        described = {name: clip[name] for name in ("id", "path", "lang", "source_lang", "split", "group")}
         if not decoded.ok:
             rows.append({**described, "reason": decoded.reason, "detail": decoded.detail})
             continue
@@ -149,7 +151,7 @@ def _fbank(features: FeatureConfig) -> Fbank:
 def summarize(found: Corpus, outcome: pa.Table, wall_s: float) -> dict[str, Any]:
     """Counts and hours per split and language. Raises AccountingError unless
     the outcome holds every discovered clip once (augmented copies are counted apart)."""
-    rows = outcome.select(["id", "lang", "split", "duration_s", "reason", "augment"]).to_pylist()
+    rows = outcome.select(["id", "lang", "source_lang", "split", "duration_s", "reason", "augment"]).to_pylist()
     originals = [r for r in rows if r["augment"] is None]
     copies = [r for r in rows if r["augment"] is not None]
     accounting.reconcile((c.id for c in found.clips), (r["id"] for r in originals), "ingest")
@@ -166,9 +168,21 @@ def summarize(found: Corpus, outcome: pa.Table, wall_s: float) -> dict[str, Any]
         "augmented": _tally(copies, found.labels),
         "labels": list(found.labels.codes),
         "splits": splits,
+        "background": _background_languages(accepted),
         "audio_hours": round(audio_s / 3600, 4),
         "wall_s": round(wall_s, 2),
     }
+
+
+def _background_languages(accepted: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Split -> background language -> accepted clips: which languages the
+    class `other` learnt from, and which only the test split holds."""
+    found: dict[str, dict[str, int]] = {}
+    for row in accepted:
+        if row["lang"] == BACKGROUND:
+            languages = found.setdefault(row["split"], {})
+            languages[row["source_lang"]] = languages.get(row["source_lang"], 0) + 1
+    return {split: dict(sorted(found[split].items())) for split in SPLITS if split in found}
 
 
 def _tally(rows: list[dict[str, Any]], labels: LabelSet) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from slc import storage
 from slc.batch.columns import flat_list_column
 from slc.batch.sink import PartSink
 
-SCHEMA_VERSION = 2  # 2: the augment column
+SCHEMA_VERSION = 3  # 2: the augment column; 3: source_lang
 NUM_MEL_BINS = 80
 
 SHARD_SCHEMA = pa.schema(
@@ -30,6 +30,7 @@ SHARD_SCHEMA = pa.schema(
         ("id", pa.string()),
         ("path", pa.string()),
         ("lang", pa.string()),
+        ("source_lang", pa.string()),  # the clip's own language: a background clip's `lang` is `other`
         ("split", pa.string()),
         ("group", pa.string()),
         ("duration_s", pa.float32()),

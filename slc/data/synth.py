@@ -29,12 +29,18 @@ from typing import Callable, Sequence
 from faker import Faker
 
 from slc.data import espeak
+from slc.data.foreign import ForeignTexts
+from slc.data.foreign import languages as foreign_languages
 
 DEFAULT_LANGS = ("de", "en", "fr", "it")
 
 _SPLITS = ("train", "val", "test")
 _CLIPS_PER_VOICE = 5
 _MIN_GENERATED = 32
+# espeak-ng lists at most 349 voices (N_VOICES_LIST); its ~130 languages and
+# ~100 shipped variants leave room for this many invented ones. A corpus that
+# needs more voices gives each voice more clips instead.
+_MAX_GENERATED = 100
 _RATE_WPM = (120, 200)
 _PITCH = (30, 70)
 # Many shipped variants already peak at full scale at espeak's default of 100.
@@ -210,12 +216,16 @@ def _variant_pools(shipped: Sequence[str], needed: dict[str, int], fractions: Se
     than the voices it needs. -> (split -> variant names, invented names)."""
     names = rng.sample(list(shipped), len(shipped))
     shares = _split_counts(len(names), fractions)
-    invented = _split_counts(_MIN_GENERATED, fractions)
+    wanted = {split: max(floor, needed[split] - shares[split])
+              for split, floor in _split_counts(_MIN_GENERATED, fractions).items()}
+    # Beyond espeak-ng's room, each split invents its share of what fits.
+    if sum(wanted.values()) > _MAX_GENERATED:
+        wanted = _split_counts(_MAX_GENERATED, [wanted[split] / sum(wanted.values()) for split in _SPLITS])
     pools: dict[str, list[str]] = {}
     generated: list[str] = []
     for split in _SPLITS:
         pools[split], names = names[: shares[split]], names[shares[split]:]
-        for _ in range(max(invented[split], needed[split] - len(pools[split]))):
+        for _ in range(wanted[split]):
             generated.append(f"gen{len(generated):03d}")
             pools[split].append(generated[-1])
     return pools, generated
@@ -225,7 +235,7 @@ def _voices(accents: Sequence[tuple[str, str]], pool: Sequence[str], clips: int,
             rng: random.Random) -> list[tuple[str, str, int]]:
     """Voices for one language and split: (group, espeak -v argument, clips),
     each a distinct variant of `pool`, taking the accents in turn."""
-    count = math.ceil(clips / _CLIPS_PER_VOICE)
+    count = min(math.ceil(clips / _CLIPS_PER_VOICE), len(pool))
     order = rng.sample(list(accents), len(accents))
     voices = []
     for i, variant in enumerate(rng.sample(list(pool), count)):
@@ -237,11 +247,18 @@ def _voices(accents: Sequence[tuple[str, str]], pool: Sequence[str], clips: int,
 
 def _plan(accents: dict[str, list[tuple[str, str]]], texts: dict[str, _Texts],
           variants: Sequence[str], per_lang: int, fractions: Sequence[float],
-          rng: random.Random) -> tuple[list[_Clip], dict[str, str]]:
+          rng: random.Random, background: dict[str, list[tuple[str, str]]],
+          background_per_lang: int) -> tuple[list[_Clip], dict[str, str]]:
     """Every clip's voice, text and prosody, drawn from `rng` before any audio is
-    made. -> (clips, invented variant name -> variant file text)."""
+    made. -> (clips, invented variant name -> variant file text).
+
+    Background languages speak with training voices only, so a validation or
+    test voice is never heard in training, in any language; their split is
+    left to `slc ingest --background`, which splits them by language."""
     counts = _split_counts(per_lang, fractions)
     needed = {split: math.ceil(n / _CLIPS_PER_VOICE) for split, n in counts.items()}
+    if background:
+        needed["train"] = max(needed["train"], math.ceil(background_per_lang / _CLIPS_PER_VOICE))
     pools, generated = _variant_pools(variants, needed, fractions, rng)
     width = max(4, len(str(per_lang - 1)))
     clips = []
@@ -258,6 +275,17 @@ def _plan(accents: dict[str, list[tuple[str, str]]], texts: dict[str, _Texts],
                         split=split, text=texts[lang].utterance(split, rate), voice=voice,
                         rate=rate, pitch=rng.randint(*_PITCH), amplitude=rng.randint(*_AMPLITUDE)))
                     index += 1
+    for lang, lang_accents in background.items():
+        foreign = ForeignTexts(lang, rng)
+        for index, (group, voice, rate) in enumerate(
+            (group, voice, rng.randint(*_RATE_WPM))
+            for group, voice, n in _voices(lang_accents, pools["train"], background_per_lang, rng)
+            for _ in range(n)
+        ):
+            text = foreign.utterance(rng.uniform(*_SECONDS), lambda text: _seconds(text, rate))
+            clips.append(_Clip(
+                path=f"{lang}/{group}__{index:0{width}d}.wav", lang=lang, group=group, split="train",
+                text=text, voice=voice, rate=rate, pitch=rng.randint(*_PITCH), amplitude=rng.randint(*_AMPLITUDE)))
     return clips, {name: espeak.variant_file(rng, name) for name in generated}
 
 
@@ -310,7 +338,8 @@ def _check(langs: tuple[str, ...], per_lang: int, fractions: Sequence[float], ou
 def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int = 100,
                 seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                 workers: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+                progress: Callable[[int, int], None] | None = None,
+                background: int = 0, background_per_lang: int = 40) -> SynthSummary:
     """Synthesise a corpus of `per_lang` clips per language with espeak-ng.
 
     Writes out/<lang>/<group>__<index>.wav (22050 Hz 16-bit mono, 2-8 s) and
@@ -319,7 +348,9 @@ def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int =
     splits share no texts either. `fractions` are the train/val/test shares of
     clips. The same seed gives byte-identical files. `progress(done, total)` is
     called as clips finish; `workers` espeak-ng processes run at once
-    (default: one per CPU).
+    (default: one per CPU). `background` more languages (slc.data.foreign),
+    `background_per_lang` clips each, speak with training voices, for the
+    background class of `slc ingest --background`.
 
     Raises ValueError for an unknown language or bad argument, FileExistsError
     when `out` is not empty, EspeakNotFound without espeak-ng.
@@ -327,9 +358,12 @@ def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int =
     out = Path(out)
     langs = tuple(dict.fromkeys([langs] if isinstance(langs, str) else langs))
     _check(langs, per_lang, fractions, out)
+    if background < 0 or (background and background_per_lang < 1):
+        raise ValueError(f"background must be >= 0 and background_per_lang >= 1, got {background} and {background_per_lang}")
     exe = espeak.executable()
     accents = {lang: espeak.accents(exe, lang) for lang in langs}
-    unknown = [lang for lang, found in accents.items() if not found]
+    others = {lang: espeak.accents(exe, lang) for lang in foreign_languages(background, langs)}
+    unknown = [lang for lang, found in {**accents, **others}.items() if not found]
     if unknown:
         raise ValueError(f"espeak-ng has no voice for {', '.join(map(repr, unknown))}; "
                          f"see `espeak-ng --voices`")
@@ -339,15 +373,48 @@ def make_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int =
         shipped = espeak.shipped_variants(exe)
         path = espeak.data_dir(Path(tmp), espeak.system_data(exe), shipped)
         variants = espeak.distinct(exe, path, accents[langs[0]][0][1], list(shipped))
-        clips, generated = _plan(accents, texts, variants, per_lang, fractions, rng)
+        clips, generated = _plan(accents, texts, variants, per_lang, fractions, rng, others, background_per_lang)
         for name, text in generated.items():
             (path / "espeak-ng-data" / "voices" / "!v" / name).write_text(text, encoding="utf-8")
         _synthesize(exe, path, clips, out, workers, progress)
-    groups = {split: {lang: set() for lang in langs} for split in _SPLITS}
-    counts = {split: {lang: 0 for lang in langs} for split in _SPLITS}
+    groups = {split: {lang: set() for lang in (*langs, *others)} for split in _SPLITS}
+    counts = {split: {lang: 0 for lang in (*langs, *others)} for split in _SPLITS}
     for clip in clips:
         groups[clip.split][clip.lang].add(clip.group)
         counts[clip.split][clip.lang] += 1
     voices = {split: {lang: len(found) for lang, found in by_lang.items()}
               for split, by_lang in groups.items()}
+    return SynthSummary(out, _write_manifest(out, clips), counts, voices)
+
+
+def make_unseen_corpus(out: Path, langs: Sequence[str] = DEFAULT_LANGS, per_lang: int = 20, seed: int = 0,
+                       workers: int | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+    """A test-only corpus of speech that no `make_corpus` corpus trains on,
+    whatever its seed: `per_lang` clips per language, all in the test split,
+    spoken by invented voice variants only (a shipped variant may be a
+    training voice there; these are drawn from their own seed) reading
+    sentences of the test pool of `make_corpus`'s default fractions and
+    Faker compositions. Layout, manifest and errors as `make_corpus`."""
+    out = Path(out)
+    langs = tuple(dict.fromkeys([langs] if isinstance(langs, str) else langs))
+    test_only = (0.0, 0.0, 1.0)
+    _check(langs, per_lang, test_only, out)
+    exe = espeak.executable()
+    accents = {lang: espeak.accents(exe, lang) for lang in langs}
+    unknown = [lang for lang, found in accents.items() if not found]
+    if unknown:
+        raise ValueError(f"espeak-ng has no voice for {', '.join(map(repr, unknown))}; see `espeak-ng --voices`")
+    rng = random.Random(f"unseen-{seed}")
+    texts = {lang: _Texts(lang, (0.8, 0.1, 0.1), rng) for lang in langs}
+    with tempfile.TemporaryDirectory(prefix="slc-espeak-") as tmp:
+        path = espeak.data_dir(Path(tmp), espeak.system_data(exe), espeak.shipped_variants(exe))
+        clips, generated = _plan(accents, texts, [], per_lang, test_only, rng, background={}, background_per_lang=0)
+        for name, text in generated.items():
+            (path / "espeak-ng-data" / "voices" / "!v" / name).write_text(text, encoding="utf-8")
+        _synthesize(exe, path, clips, out, workers, progress)
+    counts = {split: {lang: sum(c.lang == lang for c in clips) if split == "test" else 0 for lang in langs}
+              for split in _SPLITS}
+    voices = {split: {lang: len({c.group for c in clips if c.lang == lang}) if split == "test" else 0
+                      for lang in langs} for split in _SPLITS}
     return SynthSummary(out, _write_manifest(out, clips), counts, voices)

@@ -30,6 +30,7 @@ from torch import nn
 
 from slc import config_io
 from slc.runtime import bundle as bundles
+from slc.runtime import openset
 from slc.training import checkpoint as ckpt
 from slc import config as cfg
 from slc.data import features as fbank
@@ -39,7 +40,7 @@ from slc.config import AudioConfig, ExportConfig, IngestConfig
 from slc.training.batches import COLUMNS, collate
 from slc.labels import LabelSet
 from slc.training.model import LanguageClassifier, count_parameters
-from slc.data.shards import read_split
+from slc.data.shards import NUM_MEL_BINS, read_split
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,12 @@ def export_model(model: LanguageClassifier, path: Path) -> Path:
     """`model` (eval mode) + softmax -> ONNX at `path`, dynamic batch and frames,
     weights inside the file; `onnx.checker` must pass."""
     config = model.config
-    # The encoder's sinusoidal positions cover max_source_positions subsampled frames.
+    # Speech2Text's sinusoidal positions cover max_source_positions subsampled
+    # frames; the TDNN has no limit, and is given the same.
     max_frames = config.max_source_positions * 2 ** len(config.conv_kernel_sizes)
     # Batch of two clips of different lengths: a batch of one would make the
     # batch axis static, equal lengths would hide the masking.
-    features = torch.randn(2, 300, model.encoder.conv.conv_layers[0].in_channels)
+    features = torch.randn(2, 300, NUM_MEL_BINS)
     frame_lengths = torch.tensor([300, 217])
     batch = torch.export.Dim("batch", min=1)
     frames = torch.export.Dim("frames", min=8, max=max_frames)
@@ -251,6 +253,9 @@ def _build(
             progress(done, len(files), variant=name)
     _time_against_fp32(variants, out, clip_4s, config)
     default = choose_default(variants, config)
+    open_set = _fit_open_set(model, splits["val"], labels, config.target_miss)
+    log.info("open set: temperature %.3f, threshold %.4f (%.0f%% of in-set val clips rejected)",
+             open_set.temperature, open_set.threshold, 100 * open_set.target_miss)
     manifest = {
         "slc_version": bundles.slc_version(),
         "labels": list(labels.codes),
@@ -265,6 +270,7 @@ def _build(
         "torch_p50_ms": round(torch_ms, 3),
         "latency": "p50 of one forward pass over one 4 s clip (398 frames), one thread",
         "default_variant": default,
+        "open_set": {**open_set.to_dict(), "fitted_on": {"split": "val", "clips": clips["val"]}},
         "default_rule": {
             "split": "val", "margin": config.default_f1_margin, "max_loss": config.max_f1_loss,
             "min_speedup": config.min_speedup, "timing_rounds": config.timing_rounds,
@@ -274,6 +280,16 @@ def _build(
     }
     (out / "report.md").write_text(report(manifest))
     return bundles.write_manifest(out, manifest)
+
+
+def _fit_open_set(
+    model: LanguageClassifier, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet, miss: float
+) -> openset.OpenSet:
+    """Temperature and threshold (slc.runtime.openset) from the validation clips."""
+    with torch.inference_mode():
+        probabilities = [torch.softmax(model(torch.from_numpy(f), torch.from_numpy(n)), -1).numpy() for f, n, _ in batches]
+    targets = np.concatenate([t for _, _, t in batches])
+    return openset.fit(np.concatenate(probabilities), targets, labels.codes, miss)
 
 
 def _labelled_batches(
@@ -388,7 +404,7 @@ def variants_table(manifest: dict[str, Any]) -> str:
 
 
 def report(manifest: dict[str, Any]) -> str:
-    scored = manifest["scored_on"]
+    scored, open_set = manifest["scored_on"], manifest["open_set"]
     lines = [
         "# slc bundle",
         "",
@@ -404,6 +420,9 @@ def report(manifest: dict[str, Any]) -> str:
         f"(tolerance {manifest['parity']['tolerance']:.0e})",
         f"- latency: {manifest['latency']}",
         f"- default variant: **{manifest['default_variant']}**",
+        f"- open set: temperature {open_set['temperature']:.3f}; `unknown` below {open_set['threshold']:.4f} "
+        f"calibrated confidence ({100 * open_set['target_miss']:.0f}% of in-set val clips)"
+        + (f" or when `{open_set['background']}` wins" if open_set["background"] else ""),
         "",
         variants_table(manifest),
         "",

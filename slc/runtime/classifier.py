@@ -21,8 +21,9 @@ import numpy as np
 from slc import audio
 from slc.config import AudioConfig, FeatureConfig, WindowConfig
 from slc.config_io import from_dict
-from slc.labels import LabelSet, normalize
+from slc.labels import BACKGROUND, LabelSet, normalize
 from slc.runtime import bundle as bundles
+from slc.runtime.openset import OpenSet
 from slc.runtime.smoothing import UNKNOWN, Segment, timeline
 from slc.runtime.windows import cut, window_bounds
 
@@ -38,8 +39,10 @@ class WindowScore:
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """`language` is the most probable label, or `unknown` when its probability
-    is below the `min_confidence` asked for. `probabilities` are over the
-    allowed labels, highest first, summing to 1."""
+    is below the `min_confidence` asked for (by default the bundle's open-set
+    threshold) or when the background class wins. `confidence` is the
+    probability of the best language in the label set. `probabilities` are
+    over the allowed labels, highest first, summing to 1."""
 
     language: str
     confidence: float
@@ -67,10 +70,18 @@ class Classifier:
     """A loaded bundle. `threads` is onnxruntime's intra-op thread count for
     each session, set explicitly: ORT ignores OMP_NUM_THREADS. `verify`
     checks the files it loads against the bundle's sha256 (once per process
-    for each file; see `bundle.verify`)."""
+    for each file; see `bundle.verify`). `open_set` applies the bundle's
+    calibration and `unknown` rule (slc.runtime.openset); off, every answer is
+    one of the model's languages, the background class excluded."""
 
     def __init__(
-        self, bundle: str | Path, variant: str | None = None, threads: int = 1, batch_size: int = 16, verify: bool = True
+        self,
+        bundle: str | Path,
+        variant: str | None = None,
+        threads: int = 1,
+        batch_size: int = 16,
+        verify: bool = True,
+        open_set: bool = True,
     ) -> None:
         self.path = Path(bundle)
         manifest = bundles.read_manifest(self.path)
@@ -89,6 +100,8 @@ class Classifier:
         model_file = manifest["variants"][self.variant]["file"]
         if verify:
             bundles.verify(self.path, manifest, [bundles.FEATURES_FILE, model_file])
+        self.open_set = OpenSet.from_dict(manifest["open_set"]) if open_set and "open_set" in manifest else None
+        self._background = self.labels.id(BACKGROUND) if BACKGROUND in self.labels else None
         self.threads, self.batch_size = threads, batch_size
         self._features = bundles.session(self.path / bundles.FEATURES_FILE, threads)
         self._model = bundles.session(self.path / model_file, threads)
@@ -101,6 +114,7 @@ class Classifier:
             "slc_version": self.manifest["slc_version"],
             "variant": self.variant,
             "sha256": self.manifest["files"][self.manifest["variants"][self.variant]["file"]][:12],
+            "open_set": self.open_set is not None,
         }
 
     def load_audio(self, source: audio.Source, name: str | None = None) -> np.ndarray:
@@ -145,7 +159,7 @@ class Classifier:
         """Features from `featurize` (and each clip's duration) -> one
         Prediction each, in order: the second half of `classify_batch` for
         whole clips."""
-        keep = self._keep(allow, min_confidence)
+        keep, min_confidence = self._keep(allow, min_confidence), self.threshold(min_confidence)
         scores = np.empty((len(features), len(self.labels)), dtype=np.float32)
         for chosen in self._batches([len(f) for f in features]):
             frame_lengths = np.array([len(features[i]) for i in chosen], dtype=np.int64)
@@ -182,7 +196,7 @@ class Classifier:
 
     def _score(self, features: np.ndarray, frame_lengths: np.ndarray) -> np.ndarray:
         (probabilities,) = self._model.run(None, {"features": features, "frame_lengths": frame_lengths})
-        return probabilities
+        return self.open_set.calibrate(probabilities) if self.open_set else probabilities
 
     def window_probabilities(
         self, clip: np.ndarray, window_s: float | None = None, hop_s: float | None = None
@@ -244,7 +258,7 @@ class Classifier:
         `load` trims it (found in a first pass over the file, see
         `audio.loud_span`, for a file longer than a whole clip), then a
         whole clip or sliding windows. `name` is what errors call the source."""
-        keep = self._keep(allow, min_confidence)
+        keep, min_confidence = self._keep(allow, min_confidence), self.threshold(min_confidence)
         if not segments:
             # A file whose header promises no more than a whole clip is
             # decoded once: `load` refuses a longer one before reading it.
@@ -270,7 +284,7 @@ class Classifier:
     ) -> list[Prediction]:
         """Clips of any lengths -> one Prediction each, in order. Whole clips
         share batches; long ones go through windows."""
-        keep = self._keep(allow, min_confidence)
+        keep, min_confidence = self._keep(allow, min_confidence), self.threshold(min_confidence)
         rate = self.feature_config.sample_rate
         windowed = [segments or len(c) > self.window.whole_clip_max_s * rate for c in clips]
         whole = [i for i, w in enumerate(windowed) if not w]
@@ -315,23 +329,36 @@ class Classifier:
         """Windows -> segments, smoothed with hysteresis (slc.runtime.smoothing)
         exactly as a live stream's timeline is."""
         w = self.window
+        codes = [UNKNOWN if i == self._background else code for i, code in enumerate(self.labels.codes)]
         return timeline(
-            bounds, scores, self.labels.codes, n_samples, self.feature_config.sample_rate,
+            bounds, scores, codes, n_samples, self.feature_config.sample_rate,
             w.hop_s, w.change_evidence, w.evidence_cap, min_confidence,
         )  # fmt: skip
 
+    def threshold(self, min_confidence: float | None) -> float | None:
+        """The confidence below which the answer is `unknown`: the one asked
+        for, else the open-set threshold, else none."""
+        if min_confidence is not None or self.open_set is None:
+            return min_confidence
+        return self.open_set.threshold
+
     def _keep(self, allow: Sequence[str] | None, min_confidence: float | None) -> np.ndarray:
-        """The allowed labels as a mask, after checking both answer options."""
+        """The allowed labels as a mask, after checking both answer options.
+        The background class stays while the open set is on and goes when it
+        is off."""
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
-        return self._allowed(allow)
+        keep = self._allowed(allow)
+        if self._background is not None:
+            keep[self._background] = self.open_set is not None
+        return keep
 
     def _allowed(self, allow: Sequence[str] | None) -> np.ndarray:
         keep = np.ones(len(self.labels), dtype=bool)
         if not allow:
             return keep
         wanted = {normalize(code) for code in allow}
-        unknown = sorted(wanted - set(self.labels.codes))
+        unknown = sorted(wanted - set(self.labels.codes) - {BACKGROUND})
         if unknown:
             raise ValueError(f"allow names languages the model does not know: {unknown}; it knows {list(self.labels.codes)}")
         return np.array([code in wanted for code in self.labels.codes])
@@ -339,6 +366,9 @@ class Classifier:
     def _answer(self, scores: np.ndarray, keep: np.ndarray, min_confidence: float | None, duration_s: float) -> Prediction:
         probabilities = self._ranked(scores, keep)
         language, confidence = next(iter(probabilities.items()))
+        if language == BACKGROUND:
+            language = UNKNOWN
+            confidence = next((p for code, p in probabilities.items() if code != BACKGROUND), 0.0)
         if min_confidence is not None and confidence < min_confidence:
             language = UNKNOWN
         return Prediction(language, confidence, probabilities, round(duration_s, 3))

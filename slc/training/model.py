@@ -1,10 +1,13 @@
-"""The classifier: transformers' Speech2Text encoder + masked attentive
-statistics pooling -> dropout -> linear.
+"""The classifier: an encoder + masked attentive statistics pooling ->
+dropout -> linear.
 
-The encoder's modules (conv subsampler, sinusoidal positions, transformer
-layers) are transformers' own, so `save_pretrained` checkpoints load into it;
-the forward pass is written here because transformers' subsampler convolves
-over padding, which makes a clip's output depend on what it is batched with.
+The default encoder is transformers' Speech2Text encoder: its modules (conv
+subsampler, sinusoidal positions, transformer layers) are transformers' own,
+so `save_pretrained` checkpoints load into it; the forward pass is written
+here because transformers' subsampler convolves over padding, which makes a
+clip's output depend on what it is batched with. The `tdnn` family is an
+x-vector TDNN (Snyder et al., 2018): dilated 1-D convolutions, each followed
+by ReLU and batch norm, with the padding zeroed between layers.
 """
 
 from __future__ import annotations
@@ -98,16 +101,52 @@ class AttentiveStatsPooling(nn.Module):
         return torch.cat([mean, torch.sqrt(variance.clamp(min=1e-6))], dim=-1)
 
 
+class TDNNEncoder(nn.Module):
+    """`[B, T, 80]` features -> `[B, T / 2, 2 * channels]` states: the x-vector
+    frame layers (context 5, 3 at dilation 2, 3 at dilation 3, 1, 1), the
+    first at stride 2, which halves the work and loses nothing a language
+    needs."""
+
+    # (kernel, dilation, stride, output channels as a multiple of `channels`)
+    LAYERS = ((5, 1, 2, 1), (3, 2, 1, 1), (3, 3, 1, 1), (1, 1, 1, 1), (1, 1, 1, 2))
+
+    def __init__(self, channels: int, num_mel_bins: int = 80) -> None:
+        super().__init__()
+        widths = [num_mel_bins] + [channels * multiple for *_, multiple in self.LAYERS]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(widths[i], widths[i + 1], kernel, stride=stride, dilation=dilation,
+                      padding=(kernel - 1) * dilation // 2)
+            for i, (kernel, dilation, stride, _) in enumerate(self.LAYERS)
+        )  # fmt: skip
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width) for width in widths[1:])
+        self.width = widths[-1]
+
+    def forward(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, lengths = features.transpose(1, 2), frame_lengths
+        for conv, norm, (_, _, stride, _) in zip(self.convs, self.norms, self.LAYERS):
+            hidden = norm(torch.relu(conv(hidden)))
+            if stride > 1:
+                lengths = torch.div(lengths - 1, stride, rounding_mode="floor") + 1
+            # Zero the padding, as a clip alone would see the conv's zero padding.
+            hidden = hidden * _mask(lengths, hidden.shape[-1]).unsqueeze(1).to(hidden.dtype)
+        return hidden.transpose(1, 2), _mask(lengths, hidden.shape[-1])
+
+
 class LanguageClassifier(nn.Module):
     """Features `float32[B, T, 80]` + valid frame counts `int64[B]` -> logits `[B, labels]`."""
 
     def __init__(self, config: ModelConfig, num_labels: int, encoder: Speech2TextEncoder | None = None) -> None:
         super().__init__()
         self.config = config
-        self.encoder = encoder if encoder is not None else Speech2TextEncoder(encoder_config(config))
-        self.pooling = AttentiveStatsPooling(config.d_model, config.pooling_hidden)
+        if config.family == "tdnn":
+            self.encoder = TDNNEncoder(config.conv_channels)
+            width = self.encoder.width
+        else:
+            self.encoder = encoder if encoder is not None else Speech2TextEncoder(encoder_config(config))
+            width = config.d_model
+        self.pooling = AttentiveStatsPooling(width, config.pooling_hidden)
         self.dropout = nn.Dropout(config.head_dropout)
-        self.classifier = nn.Linear(2 * config.d_model, num_labels)
+        self.classifier = nn.Linear(2 * width, num_labels)
 
     @classmethod
     def build(cls, config: ModelConfig, num_labels: int) -> LanguageClassifier:
@@ -124,6 +163,8 @@ class LanguageClassifier(nn.Module):
     def encode(self, features: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> encoder states `[B, T', D]` and their validity mask `[B, T']`
         (T' = T subsampled 2x per conv layer)."""
+        if isinstance(self.encoder, TDNNEncoder):
+            return self.encoder(features, frame_lengths)
         encoder = self.encoder
         hidden = features.transpose(1, 2)
         lengths = frame_lengths

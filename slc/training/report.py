@@ -1,6 +1,8 @@
 """Evaluation report: a metrics dict (from `slc.training.metrics`) -> `report.md` with
 Markdown tables, `confusion.png`, `training.png` (when there is a training
-history) and `metrics.json`, all in one directory."""
+history) and `metrics.json`, all in one directory. The open-set, calibration
+(with `reliability.png`) and duration sections (slc.training.assessment)
+appear when the metrics hold them."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(np.asarray(metrics["confusion"]), labels, out_dir / "confusion.png")
+    if "calibration" in metrics:
+        plot_reliability(metrics["calibration"], out_dir / "reliability.png")
     if history:
         plot_history(history, out_dir / "training.png")
     saved = {**metrics, "history": history} if history else metrics
@@ -50,7 +54,8 @@ def markdown(
     metrics: dict[str, Any], labels: LabelSet, title: str, details: dict[str, Any] | None, with_training: bool
 ) -> str:
     """The text of `report.md`: title, details, average and per-class tables,
-    the confusion matrix and the embedded plots."""
+    the confusion matrix, the open-set, calibration and duration sections
+    when the metrics hold them, and the embedded plots."""
     macro = metrics["macro"]
     sections = [f"# {title}"]
     if details:
@@ -71,9 +76,126 @@ def markdown(
         [[code, *map(str, row)] for code, row in zip(labels.codes, metrics["confusion"])],
     ))
     sections.append("![confusion](confusion.png)")
+    if "open_set" in metrics:
+        sections.append(open_set_markdown(metrics["open_set"]))
+    if "calibration" in metrics:
+        sections.append(calibration_markdown(metrics["calibration"]))
+    if "by_duration" in metrics:
+        sections.append("## By clip duration\n\nThe most probable class, as in the tables above.\n\n" + _table(
+            ["duration", "clips", "accuracy", "macro F1"],
+            [[row["range"], str(row["clips"]), _cell(row["accuracy"]), _cell(row["macro_f1"])] for row in metrics["by_duration"]],
+        ))
     if with_training:
         sections.append("## Training\n\n![training](training.png)")
     return "\n\n".join(sections) + "\n"
+
+
+def open_set_summary(metrics: dict[str, Any]) -> str:
+    """Two lines for the terminal: the open-set answer's in-set F1 and false
+    accepts, and the calibration error before and after temperature scaling."""
+    open_set, calibration = metrics["open_set"], metrics["calibration"]
+    background = open_set["background"]
+    if background:
+        at_miss = background["at_miss"]
+        false_accepts = (f"false accepts {at_miss['false_accept']:.1%} at {at_miss['target_miss']:.0%} miss, EER "
+                         f"{background['eer']['eer']:.1%}, {background['false_accept']:.1%} at the fitted threshold")
+    else:
+        false_accepts = "no background clips"
+    return (f"open set: in-set macro F1 {open_set['answers']['macro_f1']:.4f} with 'unknown' answers; {false_accepts}\n"
+            f"calibration error {calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f} "
+            f"(temperature {calibration['temperature']:.3g})")
+
+
+def open_set_markdown(figures: dict[str, Any]) -> str:
+    """The open-set section: the rule, the in-set scores with `unknown`
+    answers, the background figures (or why there are none) and the answers'
+    confusion."""
+    background_rule = " or the background class `other` wins" if figures["background_class"] else ""
+    answers = figures["answers"]
+    parts = [
+        "## Open set",
+        (f"The answer of a bundle exported with these settings: probabilities at temperature "
+         f"{figures['temperature']:.4g}, and `unknown` when the best language of the set is below "
+         f"{figures['threshold']:.4f}{background_rule}. The threshold rejects at most {figures['target_miss']:.0%} of the "
+         "validation split's clips in the set. A background clip answered `unknown` is right."),
+        _table(["in-set macro F1", "accuracy (all clips)", "in-set clips answered unknown"],
+               [[_number(answers["macro_f1"]), _number(answers["accuracy"]), _cell(figures["in_set_rejected"])]]),
+        _background_markdown(figures),
+        "Answers (rows: true language; columns: answer):\n\n" + _table(
+            ["true \\ answer", *figures["confusion"]["columns"]],
+            [[row, *map(str, counts)] for row, counts in zip(figures["confusion"]["rows"], figures["confusion"]["counts"])],
+        ),
+    ]
+    return "\n\n".join(parts)
+
+
+def _background_markdown(figures: dict[str, Any]) -> str:
+    excluded = ", ".join(f"{language} ({clips})" for language, clips in figures["excluded"].items())
+    background = figures["background"]
+    if background is None:
+        if excluded:
+            return (f"### Background clips\n\nEvery background clip is of a language the background class was "
+                    f"trained on ({excluded}): no false-accept figures.")
+        return ("### Background clips\n\nThe split has no background clips (speech in languages outside the label "
+                "set, `other`): no false-accept rate or EER.")
+    if not figures["disjoint_checked"]:
+        provenance = ("No training split was found to check these languages against those the background class "
+                      "was trained on.")
+    elif excluded:
+        provenance = f"Left out, as languages the background class was trained on: {excluded}."
+    else:
+        provenance = "None of these languages was used to train the background class."
+    at_miss, eer = background["at_miss"], background["eer"]
+    miss = f"{at_miss['target_miss']:.0%} miss"
+    return "\n\n".join([
+        f"### Background clips\n\nFalse accepts: background clips answered with a language of the set. {provenance}",
+        _table(["background clips", f"false accepts at {miss}", f"threshold at {miss}", "EER", "EER threshold",
+                "false accepts at the fitted threshold"],
+               [[str(background["clips"]), _number(at_miss["false_accept"]), _number(at_miss["threshold"]),
+                 _number(eer["eer"]), _number(eer["threshold"]), _number(background["false_accept"])]]),
+        _table(["language", "clips", "accepted", f"accepted at {miss}", "accepted as"],
+               [[row["language"], str(row["clips"]), str(row["accepted"]), str(row["accepted_at_miss"]),
+                 ", ".join(f"{code} {n}" for code, n in row["accepted_as"].items()) or "-"]
+                for row in background["by_language"]]),
+    ])  # fmt: skip
+
+
+def calibration_markdown(calibration: dict[str, Any]) -> str:
+    """The calibration section: expected calibration error before and after
+    temperature scaling, the calibrated reliability bins and their plot."""
+    bins = [row for row in calibration["reliability"] if row["count"]]
+    return (
+        f"## Calibration\n\nExpected calibration error ({len(calibration['reliability'])} bins) of the most probable "
+        f"class's probability: {calibration['ece_before']:.4f} before and {calibration['ece_after']:.4f} after "
+        f"temperature scaling (T = {calibration['temperature']:.4g}).\n\n"
+        + _table(["confidence", "clips", "mean confidence", "accuracy"],
+                 [[f"{row['low']:.1f}-{row['high']:.1f}", str(row["count"]), _number(row["confidence"]),
+                   _number(row["accuracy"])] for row in bins])
+        + "\n\n![reliability](reliability.png)"
+    )  # fmt: skip
+
+
+def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
+    """Reliability diagram: accuracy against mean confidence per bin, before
+    and after temperature scaling, above the calibrated bins' clip counts."""
+    figure = Figure(figsize=(6, 7), layout="constrained")
+    curve_axes, count_axes = figure.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    curve_axes.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    for key, name, style in (("reliability_before", "before", "--"), ("reliability", "after", "-")):
+        bins = [row for row in calibration[key] if row["count"]]
+        curve_axes.plot([row["confidence"] for row in bins], [row["accuracy"] for row in bins], style, marker="o",
+                        label=f"{name} temperature scaling (ECE {calibration['ece_' + name]:.3f})")
+    curve_axes.set(title=f"Reliability (T = {calibration['temperature']:.3g})", ylabel="accuracy", xlim=(0, 1),
+                   ylim=(0, 1.02))
+    curve_axes.legend(loc="lower right")
+    bins = calibration["reliability"]
+    bars = count_axes.bar([(row["low"] + row["high"]) / 2 for row in bins], [row["count"] for row in bins],
+                          width=bins[0]["high"] - bins[0]["low"], edgecolor="white")
+    count_axes.bar_label(bars, [str(row["count"]) if row["count"] else "" for row in bins])
+    count_axes.set(xlabel="confidence (calibrated)", ylabel="clips", ylim=(0, 1.3 * max(row["count"] for row in bins)))
+    for axes in (curve_axes, count_axes):
+        axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=100)
 
 
 def plot_confusion(counts: np.ndarray, labels: LabelSet, path: Path) -> None:

@@ -212,3 +212,35 @@ def test_events_say_silence_partials_and_changes_and_the_final_timeline_agrees()
     final = live.final()
     assert [s["language"] for s in final["segments"]] == ["de", "fr"]
     assert abs(final["segments"][1]["start_s"] - 10.0) <= live.hop_s and final["duration_s"] == 20.0
+
+
+@pytest.mark.parametrize("open_set", [True, False])
+def test_the_background_class_is_unknown_with_the_open_set_and_left_out_without(open_set):
+    codes = ("de", "fr", "other")
+    start = StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}), codes)
+    live = StreamSession(start, StreamConfig(), WINDOW, codes, RATE, threshold=0.5, open_set=open_set)
+    events = []
+    for s, e, _ in live.feed(bytes(20 * RATE * 2)) + live.finish():
+        middle = (s + e) / 2 / RATE
+        row = np.array([0.8, 0.1, 0.1]) if middle < 10 else np.array([0.05, 0.25, 0.7])
+        events += live.observe(s, e, row)
+    changes = [(e["from"], e["language"]) for e in events if e["type"] == "change"]
+    segments = [s["language"] for s in live.final()["segments"]]
+    if open_set:
+        assert changes == [(None, "de"), ("de", "unknown")] and segments == ["de", "unknown"]
+    else:
+        # Without the background, the French share wins the second half: 0.25 / 0.3.
+        assert changes == [(None, "de"), ("de", "fr")] and segments == ["de", "fr"]
+        assert all("other" not in e["probabilities"] for e in events if e["type"] == "partial")
+
+
+def test_the_bundle_threshold_applies_unless_the_start_message_sets_its_own():
+    strict = StreamSession(StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}), CODES),
+                           StreamConfig(), WINDOW, CODES, RATE, threshold=0.95)
+    asked = StreamSession(StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1,
+                                                         "min_confidence": 0.5}), CODES),
+                          StreamConfig(), WINDOW, CODES, RATE, threshold=0.95)
+    for live in (strict, asked):
+        (s, e, _), *_ = live.feed(bytes(4 * RATE * 2))
+        live.partial = live.observe(s, e, one_hot("de", 0.8))[0]
+    assert strict.partial["language"] == "unknown" and asked.partial["language"] == "de"

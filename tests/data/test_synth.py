@@ -160,3 +160,27 @@ def test_generated_variants_change_the_audio(tmp_path):
         synth._speak(exe, path, clip, tmp_path / clip.path)
         audio.add((tmp_path / clip.path).read_bytes())
     assert len(audio) == 3
+
+
+def test_a_corpus_too_large_for_espeaks_voice_list_gives_voices_more_clips():
+    # espeak-ng lists at most 349 voices: inventing one per 5 clips of a large
+    # corpus would end in "The specified espeak-ng voice does not exist".
+    shipped = [f"v{i}" for i in range(100)]
+    needed = {"train": 400, "val": 50, "test": 50}
+    pools, generated = synth._variant_pools(shipped, needed, (0.8, 0.1, 0.1), random.Random(0))
+    assert len(generated) <= synth._MAX_GENERATED
+    assert sum(map(len, pools.values())) == len(shipped) + len(generated)
+    voices = synth._voices([("de", "gmw/de")], pools["val"], 250, random.Random(0))
+    assert len(voices) == len(pools["val"]) and sum(n for _, _, n in voices) == 250
+
+
+def test_background_languages_speak_with_training_voices_only(tmp_path):
+    summary = make_corpus(tmp_path / "c", ("de",), per_lang=10, seed=1, background=2, background_per_lang=5)
+    rows = list(csv.DictReader((tmp_path / "c" / "manifest.csv").open()))
+    others = [r for r in rows if r["lang"] not in ("de",)]
+    assert {r["lang"] for r in others} == {"es", "nl"} and len(others) == 10
+    held_out = {r["group"].split("+")[1] for r in rows if r["lang"] == "de" and r["split"] != "train"}
+    assert all(r["split"] == "train" for r in others)
+    assert {r["group"].split("+")[1] for r in others}.isdisjoint(held_out)
+    assert summary.clips["train"]["es"] == 5
+    assert len({r["text"] for r in others}) == len(others)

@@ -46,6 +46,11 @@ def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
     report = (small_bundle / "report.md").read_text()
     assert "| variant | val F1 | test F1 | test IoU | size MB" in report and "| int8-matmul |" in report
     assert manifest["scored_on"]["clips"]["val"] > 0 and manifest["scored_on"]["clips"]["test"] > 0
+    open_set = manifest["open_set"]
+    assert open_set["target_miss"] == ExportConfig().target_miss and open_set["background"] is None
+    assert open_set["temperature"] > 0 and 0 <= open_set["threshold"] <= 1
+    assert open_set["fitted_on"] == {"split": "val", "clips": manifest["scored_on"]["clips"]["val"]}
+    assert "- open set: temperature" in report
 
 
 def test_exported_graph_takes_any_batch_and_length(small_bundle, small_checkpoint):
@@ -60,6 +65,16 @@ def test_exported_graph_takes_any_batch_and_length(small_bundle, small_checkpoin
         with torch.inference_mode():
             expected = torch.softmax(model(torch.from_numpy(features), torch.from_numpy(lengths)), -1).numpy()
         assert got.shape == (batch, 2) and np.abs(got - expected).max() <= 1e-4
+
+
+def test_a_tdnn_model_exports_within_parity(tmp_path):
+    from slc.config import ModelConfig
+    from slc.training.model import LanguageClassifier
+
+    torch.manual_seed(0)
+    model = LanguageClassifier.build(ModelConfig.preset("tdnn"), 3).eval()
+    path = export_model(model, tmp_path / "model.onnx")
+    assert check_parity(model, path, tolerance=1e-4)["max_abs_diff"] <= 1e-4
 
 
 def test_parity_check_fails_an_export_that_disagrees_with_pytorch(small_checkpoint, tmp_path):

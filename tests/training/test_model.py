@@ -6,10 +6,10 @@ from slc.config import ModelConfig
 from slc.training.model import LanguageClassifier, count_parameters, encoder_config
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["tiny", "tdnn"])
+def model(request):
     torch.manual_seed(0)
-    return LanguageClassifier.build(ModelConfig.preset("tiny"), num_labels=4)
+    return LanguageClassifier.build(ModelConfig.preset(request.param), num_labels=4)
 
 
 def padded_batch(lengths, seed=0):
@@ -20,7 +20,9 @@ def padded_batch(lengths, seed=0):
     return features, torch.tensor(lengths)
 
 
-@pytest.mark.parametrize("preset, low, high", [("tiny", 1e6, 2e6), ("small", 15e6, 19e6), ("base", 40e6, 48e6)])
+@pytest.mark.parametrize(
+    "preset, low, high", [("tiny", 1e6, 2e6), ("small", 15e6, 19e6), ("base", 40e6, 48e6), ("tdnn", 0.6e6, 1e6)]
+)
 def test_preset_sizes(preset, low, high):
     assert low <= count_parameters(LanguageClassifier.build(ModelConfig.preset(preset), 5)) <= high
 
@@ -28,6 +30,13 @@ def test_preset_sizes(preset, low, high):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         ModelConfig.preset("huge")
+
+
+def test_a_family_is_checked_and_only_speech2text_loads_pretrained_weights():
+    with pytest.raises(ValueError, match="model family must be one of"):
+        ModelConfig(family="lstm")
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        ModelConfig.preset("tdnn", init_from="facebook/s2t-small-librispeech-asr")
 
 
 def test_every_parameter_gets_a_gradient_and_nothing_is_nan(model):

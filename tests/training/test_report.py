@@ -5,6 +5,13 @@ import pytest
 from matplotlib.image import imread
 
 from slc.labels import LabelSet
+from slc.runtime.openset import OpenSet
+from slc.training.assessment import (
+    SplitScores,
+    calibration_figures,
+    duration_figures,
+    open_set_figures,
+)
 from slc.training.metrics import classification_metrics
 from slc.training.report import write_report
 
@@ -79,3 +86,69 @@ def test_report_with_many_classes(tmp_path):
     y = rng.integers(0, 40, 400)
     write_report(tmp_path, classification_metrics(y, np.roll(y, 1), labels), labels)
     assert_png(tmp_path / "confusion.png")
+
+
+OPEN_LABELS = LabelSet(("de", "en", "other"))
+
+
+def evaluated_metrics(with_background: bool, trained_background: set[str] | None = None) -> dict:
+    """The metrics `slc evaluate` writes, on random probabilities of 90 clips
+    (30 of them background clips of ca and ru when `with_background`)."""
+    rng = np.random.default_rng(4)
+    truth = np.array(["de", "en", "other"] * 30 if with_background else ["de", "en"] * 30, dtype=object)
+    source = np.where(truth == "other", np.array(["ca", "ru"] * 45)[: len(truth)], truth).astype(object)
+    ids = np.array([OPEN_LABELS.id(code) for code in truth])
+    logits = rng.normal(size=(len(truth), 3)) + 2.5 * np.eye(3)[ids]
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    scores = SplitScores(probabilities, truth, source, rng.uniform(0.5, 9.0, len(truth)))
+    metrics = classification_metrics(ids, probabilities.argmax(axis=1), OPEN_LABELS)
+    open_set = OpenSet(temperature=1.5, threshold=0.55, target_miss=0.05, background="other")
+    metrics["open_set"] = open_set_figures(scores, OPEN_LABELS, open_set, trained_background)
+    metrics["calibration"] = calibration_figures(scores, OPEN_LABELS, 1.5)
+    metrics["by_duration"] = duration_figures(scores, OPEN_LABELS)
+    return metrics
+
+
+def test_report_with_background_clips(tmp_path):
+    metrics = evaluated_metrics(with_background=True, trained_background={"es"})
+    text = write_report(tmp_path, metrics, OPEN_LABELS).read_text()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert_png(tmp_path / "reliability.png")
+    assert "| true \\ predicted | de | en | other |" in text
+    background = metrics["open_set"]["background"]
+    assert "None of these languages was used to train the background class." in text
+    assert (f"| 30 | {background['at_miss']['false_accept']:.4f} | {background['at_miss']['threshold']:.4f} "
+            f"| {background['eer']['eer']:.4f} | {background['eer']['threshold']:.4f} "
+            f"| {background['false_accept']:.4f} |") in text
+    for row in background["by_language"]:
+        assert f"| {row['language']} | 15 | {row['accepted']} | {row['accepted_at_miss']} |" in text
+    assert "| true \\ answer | de | en | unknown |" in text
+    counts = metrics["open_set"]["confusion"]["counts"][2]
+    assert "| other | " + " | ".join(map(str, counts)) + " |" in text
+    answers = metrics["open_set"]["answers"]
+    assert f"| {answers['macro_f1']:.4f} | {answers['accuracy']:.4f} |" in text
+    calibration = metrics["calibration"]
+    assert f"{calibration['ece_before']:.4f} before and {calibration['ece_after']:.4f} after" in text
+    assert "(T = 1.5)" in text and "![reliability](reliability.png)" in text
+    for row in metrics["by_duration"]:
+        assert f"| {row['range']} | {row['clips']} | {row['accuracy']:.4f} | {row['macro_f1']:.4f} |" in text
+
+
+def test_report_without_background_clips(tmp_path):
+    metrics = evaluated_metrics(with_background=False)
+    text = write_report(tmp_path, metrics, OPEN_LABELS).read_text()
+    assert "The split has no background clips" in text and "false accepts at" not in text
+    assert "| true \\ answer | de | en | unknown |" in text and "| other |" not in text.split("## Open set")[1]
+    assert_png(tmp_path / "reliability.png")
+
+
+def test_report_when_every_background_language_trained_the_background_class(tmp_path):
+    metrics = evaluated_metrics(with_background=True, trained_background={"ca", "ru"})
+    text = write_report(tmp_path, metrics, OPEN_LABELS).read_text()
+    assert metrics["open_set"]["background"] is None
+    assert "Every background clip is of a language the background class was trained on (ca (15), ru (15))" in text
+
+
+def test_report_when_no_training_split_was_found(tmp_path):
+    text = write_report(tmp_path, evaluated_metrics(with_background=True, trained_background=None), OPEN_LABELS).read_text()
+    assert "No training split was found to check these languages" in text
