@@ -8,8 +8,12 @@ PY := $(VENV)/bin/python
 SLC := $(VENV)/bin/slc
 STAMP := $(VENV)/.installed
 DEMO ?= demo-output
-DEMO_PER_LANG ?= 100
-DEMO_EPOCHS ?= 10
+# The demo recipe (docs/experiments.md): 800 clips per language, 20 background
+# languages as the class `other`, the TDNN family, 4 s crops.
+DEMO_PER_LANG ?= 800
+DEMO_BACKGROUND ?= 20
+DEMO_AUGMENT ?= 1
+DEMO_EPOCHS ?= 6
 
 .PHONY: setup espeak chromium test demo bench clean
 
@@ -50,22 +54,26 @@ test: setup chromium
 	$(PY) -m pytest
 
 demo: setup
-	$(SLC) synth $(DEMO)/corpus --per-lang $(DEMO_PER_LANG) --overwrite
-	$(SLC) ingest $(DEMO)/corpus $(DEMO)/shards --augment 2 --overwrite
-	$(SLC) train $(DEMO)/shards $(DEMO)/run --preset tiny --workers 2 --epochs $(DEMO_EPOCHS) --overwrite
+	$(SLC) synth $(DEMO)/corpus --per-lang $(DEMO_PER_LANG) --background $(DEMO_BACKGROUND) --overwrite
+	$(SLC) ingest $(DEMO)/corpus $(DEMO)/shards --labels de,en,fr,it --background all-others \
+	  --augment $(DEMO_AUGMENT) --overwrite
+	$(SLC) train $(DEMO)/shards $(DEMO)/run --preset tdnn --workers 2 --epochs $(DEMO_EPOCHS) \
+	  --max-frames 400 --batch-size 16 --overwrite
 	$(SLC) evaluate $(DEMO)/run/best $(DEMO)/shards $(DEMO)/report
 	$(SLC) export $(DEMO)/run/best $(DEMO)/bundle --overwrite
-	@# One test-split clip per language: voices and sentences never heard in training.
-	$(SLC) predict --bundle $(DEMO)/bundle \
-	  $$(awk -F, '$$4 == "test" && !seen[$$2]++ {print "$(DEMO)/corpus/" $$1}' $(DEMO)/corpus/manifest.csv)
-	@# Label the test audio as a batch job; count its languages against the truth (the language folder).
-	awk -F, '$$4 == "test" {print "corpus/" $$1}' $(DEMO)/corpus/manifest.csv > $(DEMO)/test-files.txt
+	@# The test split: voices and sentences never heard in training, and languages never heard at all.
+	$(PY) -c 'import sys; from slc.data.shards import read_split; \
+	  print("\n".join(read_split(sys.argv[1], "test", ["path"]).column("path").to_pylist()))' \
+	  $(DEMO)/shards > $(DEMO)/test-files.txt
+	@# One test clip per language folder.
+	$(SLC) predict --bundle $(DEMO)/bundle $$(awk -F/ '!seen[$$(NF-1)]++' $(DEMO)/test-files.txt)
+	@# Label the test audio as a batch job; count its answers against the truth (the language folder).
 	$(SLC) label $(DEMO)/test-files.txt --bundle $(DEMO)/bundle --out $(DEMO)/labels --overwrite
 	$(PY) -c 'import sys, collections; from slc.apps.label import read_labels; \
 	  counts = collections.Counter((r["path"].split("/")[-2], r["language"] or r["error"]) for r in read_labels(sys.argv[1]).to_pylist()); \
-	  print("truth  labelled  files"); [print(f"{t:<6} {l:<9} {n}") for (t, l), n in sorted(counts.items())]' $(DEMO)/labels
+	  print("folder  labelled  files"); [print(f"{t:<7} {l:<9} {n}") for (t, l), n in sorted(counts.items())]' $(DEMO)/labels
 	@# Start the endpoint, classify one test clip over HTTP, stop.
-	$(SLC) serve $(DEMO)/bundle --once "$$(awk -F, '$$4 == "test" {print "$(DEMO)/corpus/" $$1; exit}' $(DEMO)/corpus/manifest.csv)"
+	$(SLC) serve $(DEMO)/bundle --once "$$(head -n 1 $(DEMO)/test-files.txt)"
 
 bench: setup
 	$(PY) bench/featurize.py
@@ -73,6 +81,7 @@ bench: setup
 	$(PY) bench/inference.py --checkpoint $(DEMO)/run/best --bundle $(DEMO)/bundle
 	$(PY) bench/predict.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/serve.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
+	$(PY) bench/stream.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/label.py --bundle $(DEMO)/bundle --corpus $(DEMO)/corpus
 
 clean:

@@ -1,0 +1,76 @@
+"""The web page's live mode in headless Chromium: the fake microphone plays a
+recording (silence, then German, then French; tests/band_oracle.py) into
+the page, which streams it through an AudioWorklet to `WS /v1/stream` of a
+deployment of the oracle bundle and shows what the stream says."""
+
+import shutil
+
+import pytest
+import soundfile as sf
+from band_oracle import RATE, recording
+from test_serve import deployed
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
+if CHROMIUM is None:
+    pytest.skip("Debian's chromium is missing: apt-get install chromium (make test does)", allow_module_level=True)
+
+PARTS = [(None, 2.5), ("de", 8.0), ("fr", 10.0)]
+# Audio plays at real time: French is confirmed about 7 s after it starts.
+SHOWN_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def endpoint(ray_session, oracle_bundle):
+    with deployed(oracle_bundle) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def microphone_wav(tmp_path_factory):
+    path = tmp_path_factory.mktemp("microphone") / "silence-de-fr.wav"
+    sf.write(path, recording(PARTS, seed=2)[0], RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture
+def page(endpoint, microphone_wav):
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",  # root in a container has no sandbox
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-audio-capture={microphone_wav}%noloop",
+            ],
+        )
+        context = chromium.new_context()
+        context.grant_permissions(["microphone"], origin=endpoint.url)
+        page = context.new_page()
+        page.goto(f"{endpoint.url}/")
+        page.wait_for_function("document.getElementById('model').textContent.includes('knows')")
+        yield page
+        chromium.close()
+
+
+def _wait_shown(page, language: str) -> None:
+    page.wait_for_function(
+        f"document.getElementById('live-language').textContent === {language!r}", timeout=SHOWN_TIMEOUT_MS
+    )
+
+
+def test_live_mode_shows_silence_then_german_then_french(page):
+    page.click("#live")
+    page.wait_for_selector("#live-panel[data-state=silence]", timeout=SHOWN_TIMEOUT_MS)
+    _wait_shown(page, "de")
+    assert page.get_attribute("#live-panel", "data-state") == "speech"
+    _wait_shown(page, "fr")
+    growing = page.locator("#live-bar .segment").evaluate_all("blocks => blocks.map(b => b.dataset.language)")
+    assert growing == ["de", "fr"]
+    page.click("#live")  # stop: the page shows the stream's final timeline
+    page.wait_for_selector("#live-panel[data-state=stopped]", timeout=SHOWN_TIMEOUT_MS)
+    final = page.locator("#live-bar .segment").evaluate_all("blocks => blocks.map(b => b.dataset.language)")
+    assert final == ["de", "fr"]
+    assert page.text_content("#live-error") == ""
+    assert page.text_content("#live-list").count(" s  ") == 2
