@@ -12,7 +12,7 @@ DEMO ?= demo-output
 # languages as the class `other`, the TDNN family, 4 s crops.
 DEMO_PER_LANG ?= 800
 DEMO_BACKGROUND ?= 20
-DEMO_AUGMENT ?= 1
+DEMO_AUGMENT ?= 2
 DEMO_EPOCHS ?= 6
 
 .PHONY: setup espeak chromium test demo bench clean
@@ -83,6 +83,11 @@ bench: setup
 	$(PY) bench/serve.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/stream.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/label.py --bundle $(DEMO)/bundle --corpus $(DEMO)/corpus
+	@# Unseen voices under noise, rooms, telephone and codecs; open set on the test split's unseen languages.
+	$(SLC) synth $(DEMO)/conditions --conditions --per-lang 20 --overwrite
+	$(PY) bench/accuracy.py --bundle $(DEMO)/bundle --conditions $(DEMO)/conditions --unknown $(DEMO)/corpus \
+	  --unknown-langs $$($(PY) -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["background"]["test"]))' \
+	  $(DEMO)/shards/summary.json)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -10,13 +10,14 @@ F1 and accuracy of the answer (`unknown` counts as wrong), the share answered
 `unknown`, and the macro F1 of the top language alone (closed set); then all
 degraded conditions together.
 
-`--unknown DIR` adds the open-set figures: a corpus (tree or manifest) of
-languages outside the bundle's label set, e.g. `slc synth DIR --langs de
---per-lang 1 --background 6` (clips of the bundle's own languages are left
-out; use languages the bundle's background class was not trained on). From
-`Prediction.confidence` of in-set clips (the clean ones, and all of them) and
-of out-of-set clips: the false-accept rate at 5% miss, the equal error rate,
-and the shares answered `unknown` at the bundle's defaults.
+`--unknown DIR` adds the open-set figures: a corpus (tree or manifest) holding
+languages outside the bundle's label set; `--unknown-langs` keeps only some,
+e.g. the demo corpus's test background languages (the shards' `summary.json`
+lists them), which the background class never trained on. From the score of
+each clip (the calibrated probability of the best language in the set; none
+when the background class wins), for in-set clips (the clean ones, and all of
+them) against out-of-set clips: the false-accept rate at 5% miss, the equal
+error rate, and the shares answered `unknown` at the bundle's defaults.
 
 Run after `make demo` (or pass your own): `slc synth /tmp/cond --conditions
 --per-lang 20 && python bench/accuracy.py --conditions /tmp/cond
@@ -32,12 +33,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score, roc_curve
+from sklearn.metrics import f1_score
 
 from slc.data.corpus import discover
 from slc.labels import BACKGROUND
 from slc.runtime.classifier import Classifier, Prediction
 from slc.runtime.smoothing import UNKNOWN
+from slc.training.metrics import equal_error_rate, false_accept_at_miss
 
 TARGET_MISS = 0.05
 
@@ -82,22 +84,27 @@ def condition_table(rows: Sequence[dict[str, str]], predictions: Sequence[Predic
     return table
 
 
+def open_set_score(prediction: Prediction) -> float:
+    """How surely a clip is in the label set, as `slc evaluate` scores it: the
+    calibrated probability of the best language, -inf when the background
+    class wins (no threshold accepts it)."""
+    return -np.inf if next(iter(prediction.probabilities)) == BACKGROUND else prediction.confidence
+
+
 def open_set_figures(in_set: Sequence[Prediction], out_of_set: Sequence[Prediction]) -> dict[str, float]:
-    """Open-set figures from `Prediction.confidence`: in-set clips should be
-    accepted, out-of-set ones rejected. `fa_at_5_miss`: the share of
-    out-of-set clips accepted at the threshold that rejects at most 5% of
-    in-set clips; `eer`: where the two error rates meet; `unknown_out`,
-    `unknown_in`: the shares answered `unknown` at the bundle's defaults."""
-    confidence = np.array([p.confidence for p in in_set] + [p.confidence for p in out_of_set])
-    is_in = np.r_[np.ones(len(in_set)), np.zeros(len(out_of_set))]
-    fpr, tpr, _ = roc_curve(is_in, confidence)
-    miss = 1.0 - tpr
-    meet = int(np.argmin(np.abs(miss - fpr)))
+    """Open-set figures (slc.training.metrics, as `slc evaluate` computes
+    them): in-set clips should be accepted, out-of-set ones rejected.
+    `fa_at_5_miss`: the share of out-of-set clips accepted at the threshold
+    that rejects 5% of in-set clips; `eer`: where the two error rates meet;
+    `unknown_out`, `unknown_in`: the shares answered `unknown` at the
+    bundle's defaults."""
+    target = np.array([open_set_score(p) for p in in_set])
+    nontarget = np.array([open_set_score(p) for p in out_of_set])
     return {
         "in_clips": len(in_set),
         "out_clips": len(out_of_set),
-        "fa_at_5_miss": float(fpr[miss <= TARGET_MISS + 1e-12].min()),
-        "eer": float((fpr[meet] + miss[meet]) / 2),
+        "fa_at_5_miss": false_accept_at_miss(target, nontarget, TARGET_MISS)["false_accept"],
+        "eer": equal_error_rate(target, nontarget)["eer"],
         "unknown_out": float(np.mean([p.language == UNKNOWN for p in out_of_set])),
         "unknown_in": float(np.mean([p.language == UNKNOWN for p in in_set])),
     }
@@ -119,6 +126,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path("demo-output/bundle"))
     parser.add_argument("--conditions", type=Path, required=True, help="a corpus made by `slc synth DIR --conditions`")
     parser.add_argument("--unknown", type=Path, help="a corpus of languages outside the bundle's label set")
+    parser.add_argument("--unknown-langs", help="only these languages of --unknown, e.g. those of the shards' test "
+                        "background (summary.json): languages the background class never trained on")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
     args = parser.parse_args()
     if not (args.bundle / "bundle.json").is_file():
@@ -135,7 +144,9 @@ def main() -> None:
               f"{s['closed_f1']:>8.3f}")  # fmt: skip
     if args.unknown is None:
         return
-    others = [c for c in discover(args.unknown).clips if c.lang not in classifier.labels.codes]
+    wanted = set(args.unknown_langs.split(",")) if args.unknown_langs else None
+    others = [c for c in discover(args.unknown).clips
+              if c.lang not in classifier.labels.codes and (wanted is None or c.lang in wanted)]  # fmt: skip
     if not others:
         raise SystemExit(f"{args.unknown} holds no clips of languages outside {list(classifier.labels.codes)}")
     out_of_set = classify(classifier, [Path(c.path) for c in others])

@@ -22,13 +22,32 @@ LOCALES = {
     "az": "az_AZ",
 }  # fmt: skip
 
+# Faker's date methods draw between 1970 and the clock's now, so their
+# answers change from day to day; names drawn from its lists do not.
+_ENGLISH_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_ENGLISH_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+                   "October", "November", "December")  # fmt: skip
+
+
+def day_name(fake: Faker) -> str:
+    """A day of the week in the locale's words, drawn from the seeded generator alone."""
+    names = getattr(fake.day_of_week.__self__, "DAY_NAMES", None)
+    return fake.random_element(sorted(names.values()) if names else _ENGLISH_DAYS)
+
+
+def month_name(fake: Faker) -> str:
+    """A month in the locale's words, drawn from the seeded generator alone."""
+    names = getattr(fake.month_name.__self__, "MONTH_NAMES", None)
+    return fake.random_element(sorted(names.values()) if names else _ENGLISH_MONTHS)
+
+
 # Faker provider -> what it says; a provider the locale lacks would fall back to English.
 _FIELDS = {
     "person": lambda fake: fake.name(),
     "address": lambda fake: fake.city(),
     "company": lambda fake: fake.company(),
     "job": lambda fake: fake.job(),
-    "date_time": lambda fake: f"{fake.day_of_week()} {fake.random_int(1, 28)} {fake.month_name()}",
+    "date_time": lambda fake: f"{day_name(fake)} {fake.random_int(1, 28)} {month_name(fake)}",
     "lorem": lambda fake: fake.sentence(nb_words=fake.random_int(4, 8)).rstrip("."),
 }
 

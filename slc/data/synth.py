@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 from faker import Faker
 
 from slc.data import espeak
-from slc.data.foreign import ForeignTexts
+from slc.data.foreign import ForeignTexts, day_name, month_name
 from slc.data.foreign import languages as foreign_languages
 
 DEFAULT_LANGS = ("de", "en", "fr", "it")
@@ -188,8 +188,8 @@ class _Texts:
     def _phrase(self, frame: str) -> str:
         fake = self.fake
         values = {"name": fake.name, "city": fake.city, "street": fake.street_address,
-                  "job": fake.job, "company": fake.company, "weekday": fake.day_of_week,
-                  "month": fake.month_name, "year": fake.year,
+                  "job": fake.job, "company": fake.company, "weekday": lambda: day_name(fake),
+                  "month": lambda: month_name(fake), "year": lambda: str(fake.random_int(1950, 2024)),
                   "day": lambda: str(fake.random_int(1, 28)),
                   "number": lambda: str(fake.random_int(2, 9999)),
                   "words": lambda: fake.sentence(nb_words=self.rng.randint(4, 9)).rstrip(".")}

@@ -69,13 +69,15 @@ def train(
     # Epoch lines are the progress of a run; per-dataset bars would drown them.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # Read once: every epoch then streams from the object store (spilling to
-    # disk when it is full) instead of decoding Parquet again.
-    datasets = {
-        split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs)
-        .select_columns(COLUMNS)
-        .materialize()
-        for split in ("train", "val")
-    }
+    # disk when it is full) instead of decoding Parquet again. Blocks keep the
+    # files' order (not the order reads finish in), so runs are repeatable.
+    with _preserving_order():
+        datasets = {
+            split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs)
+            .select_columns(COLUMNS)
+            .materialize()
+            for split in ("train", "val")
+        }
     counts = {row["lang"]: row["count()"] for row in datasets["train"].groupby("lang").count().take_all()}
     log.info("training clips per language: %s", counts)
     loop_config = {
@@ -98,6 +100,17 @@ def train(
     storage.write_json(fs, storage.join(best, "history.json"), history)
     log.info("best checkpoint: epoch %d, val macro F1 %.4f -> %s", best_metrics["epoch"], best_metrics["val_f1"], best)
     return {**best_metrics, "best": best, "epochs_run": len(history)}
+
+
+@contextlib.contextmanager
+def _preserving_order():
+    """Inside the `with`, Ray Data yields blocks in input order; the setting is restored after."""
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 def _fit(loop_config: dict[str, Any], scaling_config, datasets, config: TrainConfig, fs, root: str) -> ray.train.Result:

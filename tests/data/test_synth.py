@@ -184,3 +184,21 @@ def test_background_languages_speak_with_training_voices_only(tmp_path):
     assert {r["group"].split("+")[1] for r in others}.isdisjoint(held_out)
     assert summary.clips["train"]["es"] == 5
     assert len({r["text"] for r in others}) == len(others)
+
+
+def test_texts_do_not_depend_on_the_date_the_corpus_is_made(tmp_path, monkeypatch):
+    import datetime as dt
+
+    import faker.providers.date_time as faker_dates
+
+    def made_on(day: dt.datetime, out: Path) -> list[str]:
+        class Clock(dt.datetime):
+            @classmethod
+            def now(cls, tz=None):
+                return day
+
+        monkeypatch.setattr(faker_dates, "datetime", Clock)
+        make_corpus(out, ("de", "en"), per_lang=10, seed=2, background=2, background_per_lang=5)
+        return [row["text"] for row in csv.DictReader((out / "manifest.csv").open())]
+
+    assert made_on(dt.datetime(2026, 11, 30), tmp_path / "a") == made_on(dt.datetime(2031, 5, 3), tmp_path / "b")

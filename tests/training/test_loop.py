@@ -55,6 +55,16 @@ def test_best_checkpoint_is_copied_with_its_history(run, small_shards):
     assert metrics["epoch"] == best["epoch"] and sum(map(sum, metrics["val"]["confusion"])) > 0
 
 
+def test_a_second_run_with_the_same_seed_repeats_the_first(run, small_shards, tmp_path):
+    """Rows reach the workers in order and every random draw is seeded: the
+    same shards and settings give the same weights, hence the same losses."""
+    out, _ = run
+    train(str(small_shards), str(tmp_path), TrainConfig(**{**TINY.__dict__, "epochs": 3, "keep_checkpoints": 1}))
+    first, again = (json.loads((d / "best" / "history.json").read_text()) for d in (out, tmp_path))
+    for name in ("train_loss", "val_loss", "val_f1"):
+        assert [row[name] for row in again] == pytest.approx([row[name] for row in first], abs=1e-6), name
+
+
 def test_keeps_the_best_checkpoints_only(run):
     out, _ = run
     checkpoints = [p for p in (out / "run").glob("checkpoint_*") if p.is_dir()]
