@@ -84,7 +84,7 @@ bench: setup
 	$(PY) bench/stream.py --bundle $(DEMO)/bundle --clips $(DEMO)/corpus
 	$(PY) bench/label.py --bundle $(DEMO)/bundle --corpus $(DEMO)/corpus
 	@# Unseen voices under noise, rooms, telephone and codecs; open set on the test split's unseen languages.
-	$(SLC) synth $(DEMO)/conditions --conditions --per-lang 20 --overwrite
+	$(SLC) synth $(DEMO)/conditions --conditions --per-lang 50 --overwrite
 	$(PY) bench/accuracy.py --bundle $(DEMO)/bundle --conditions $(DEMO)/conditions --unknown $(DEMO)/corpus \
 	  --unknown-langs $$($(PY) -c 'import json, sys; print(",".join(json.load(open(sys.argv[1]))["background"]["test"]))' \
 	  $(DEMO)/shards/summary.json)
