@@ -47,6 +47,7 @@ from websockets.exceptions import ConnectionClosed
 from slc import audio
 from slc.apps.serve_launcher import free_port, running
 from slc.config import ServeConfig, StreamConfig
+from slc.labels import BACKGROUND
 from slc.runtime.classifier import Classifier
 
 RATE = 16_000
@@ -283,7 +284,8 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.bundle / "bundle.json").is_file():
         raise SystemExit(f"{args.bundle} is not a bundle: run `make demo` first, or pass --bundle")
-    labels = Classifier(args.bundle).labels.codes
+    # Streams change between the model's languages; the background class has no clips of its own.
+    labels = tuple(code for code in Classifier(args.bundle).labels.codes if code != BACKGROUND)
     with tempfile.TemporaryDirectory(prefix="slc-bench-stream-") as scratch:
         root = args.clips if args.clips.is_dir() else synthesised_corpus(labels, Path(scratch) / "corpus")
         recs = recordings(corpus_clips(root, labels), args.recordings, args.part_s)

@@ -46,11 +46,6 @@ def test_bundle_holds_every_variant_scored_timed_and_hashed(small_bundle):
     report = (small_bundle / "report.md").read_text()
     assert "| variant | val F1 | test F1 | test IoU | size MB" in report and "| int8-matmul |" in report
     assert manifest["scored_on"]["clips"]["val"] > 0 and manifest["scored_on"]["clips"]["test"] > 0
-    open_set = manifest["open_set"]
-    assert open_set["target_miss"] == ExportConfig().target_miss and open_set["background"] is None
-    assert open_set["temperature"] > 0 and 0 <= open_set["threshold"] <= 1
-    assert open_set["fitted_on"] == {"split": "val", "clips": manifest["scored_on"]["clips"]["val"]}
-    assert "- open set: temperature" in report
 
 
 def test_exported_graph_takes_any_batch_and_length(small_bundle, small_checkpoint):
@@ -173,6 +168,12 @@ def test_the_default_variant_is_chosen_on_val_and_test_is_only_reported(small_ch
     matmul = variants["int8-matmul"]
     assert f"| int8-matmul | {matmul['val_macro_f1']:.4f} | 0.0000 |" in report
     assert "| int8-dynamic | 0.0000 |" in report and "rejected" in report
+    open_set = manifest["open_set"]
+    assert open_set["target_miss"] == ExportConfig().target_miss and open_set["background"] is None
+    assert open_set["temperature"] > 0 and 0 <= open_set["threshold"] <= 1
+    assert open_set["fitted_on"] == {"split": "val", "clips": manifest["scored_on"]["clips"]["val"]}
+    assert "- open set: temperature" in report
+    assert Classifier(tmp_path / "bundle").open_set.threshold == open_set["threshold"]
 
 
 def test_a_bundle_altered_after_export_is_refused(small_bundle, tmp_path):

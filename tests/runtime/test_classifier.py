@@ -29,7 +29,7 @@ def test_runtime_never_imports_torch(small_bundle):
 
 
 def test_one_clip_gives_a_distribution_over_the_labels(classifier, speech_16k):
-    prediction = classifier.classify(speech_16k)
+    prediction = classifier.classify(speech_16k, min_confidence=0.0)  # never `unknown`
     assert list(prediction.probabilities) == sorted(prediction.probabilities, key=lambda c: -prediction.probabilities[c])
     assert set(prediction.probabilities) == {"de", "en"}
     assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -64,7 +64,9 @@ def test_allow_restricts_and_renormalises(classifier, speech_16k):
 
 
 def test_min_confidence_answers_unknown_below_the_threshold(classifier, speech_16k):
-    prediction = classifier.classify(speech_16k)
+    # 0 replaces the bundle's open-set threshold: the answer is the top language.
+    prediction = classifier.classify(speech_16k, min_confidence=0.0)
+    assert prediction.language == next(iter(prediction.probabilities))
     assert classifier.classify(speech_16k, min_confidence=prediction.confidence - 1e-3).language == prediction.language
     doubtful = classifier.classify(speech_16k, min_confidence=min(1.0, prediction.confidence + 1e-3))
     assert doubtful.language == UNKNOWN and doubtful.probabilities == prediction.probabilities
@@ -98,7 +100,8 @@ def test_timeline_merges_agreeing_windows_and_label_is_mean_log_probability(clas
     de, en = [0.9, 0.1], [0.05, 0.95]
     scores = np.array([de, de, de, en, en, en, en, en, de], dtype=np.float32)
     monkeypatch.setattr(classifier, "window_probabilities", lambda clip: (bounds, scores))
-    prediction = classifier.classify_long(np.zeros(20 * rate, dtype=np.float32))
+    # min_confidence 0 replaces the bundle's open-set threshold: no segment is `unknown`.
+    prediction = classifier.classify_long(np.zeros(20 * rate, dtype=np.float32), min_confidence=0.0)
     # The last window alone does not flip the timeline back to German.
     assert [(s.start_s, s.end_s, s.language) for s in prediction.segments] == [(0.0, 7.0, "de"), (7.0, 20.0, "en")]
     assert prediction.segments[1].confidence == pytest.approx((5 * 0.95 + 0.1) / 6)
