@@ -25,7 +25,7 @@ from fault_cluster import (
 
 from slc.apps.label import label, read_labels
 from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
-from slc.config import IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
+from slc.config import AugmentConfig, IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
 from slc.data.ingest import ingest
 from slc.data.shards import read_rejects, read_split
 from slc.training import checkpoint as ckpt
@@ -127,7 +127,9 @@ def _clip_ids(out: Path) -> list[str]:
 
 def test_ingest_keeps_every_clip_once_when_a_featurizing_node_dies(fault_cluster, corpus, tmp_path):
     fault_cluster.top_up()
-    config = IngestConfig(clips_per_task=4, rows_per_file=8)
+    # Two augmented copies of each training clip: work enough that the run is
+    # still featurizing when the kill comes (the bare clips take about a second).
+    config = IngestConfig(clips_per_task=4, rows_per_file=8, augment=AugmentConfig(copies=2))
     ingest(corpus, str(tmp_path / "reference"), config)
     reference = _clip_ids(tmp_path / "reference")
 
