@@ -184,7 +184,7 @@ class LanguageService:
         self.classifier.probabilities([np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1])
         self.streams = StreamHub(
             self.config.stream, self.classifier.window, self.classifier.labels.codes,
-            self.classifier.feature_config.sample_rate, self._score_windows,
+            self.classifier.feature_config, self._score_windows,
             self.classifier.threshold(None), self.classifier.open_set is not None,
         )  # fmt: skip
 
@@ -220,10 +220,10 @@ class LanguageService:
         await self.streams.run(websocket)
 
     @serve.batch(max_batch_size=ServeConfig.max_batch_size, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s)
-    async def _score_windows(self, clips: list[np.ndarray]) -> list[np.ndarray]:
-        """Windows of live streams, one a call, batched across streams ->
-        each window's probabilities."""
-        scores = await asyncio.to_thread(self.classifier.probabilities, clips)
+    async def _score_windows(self, features: list[np.ndarray]) -> list[np.ndarray]:
+        """Features of live streams' windows, one a call, batched across
+        streams -> each window's probabilities."""
+        scores = await asyncio.to_thread(self.classifier.probabilities_of_features, features)
         return list(scores)
 
     @api.get("/v1/labels")

@@ -10,7 +10,8 @@
 A stream that breaks the protocol gets an `{"type": "error", "error": ...,
 "detail": ...}` event and a close with code 1003 (text where audio belongs,
 audio not in the stream's encoding), 1008 (bad start message, idle, too
-long), 1009 (frame too big) or 1013 (the replica holds its most streams),
+long), 1009 (frame too big), 1011 (the server failed: a bug, logged) or
+1013 (the replica holds its most streams),
 the reason being `{"error": ...}` in JSON.
 
 The replica reads a stream's next frame only once the windows of the last
@@ -20,6 +21,7 @@ one are classified, and not at all while the client is more than
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -28,6 +30,7 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from slc.apps.stream_session import (
+    INTERNAL_ERROR,
     POLICY_VIOLATION,
     TOO_BIG,
     TRY_AGAIN_LATER,
@@ -35,10 +38,14 @@ from slc.apps.stream_session import (
     StreamClosed,
     StreamSession,
     StreamStart,
+    Window,
 )
-from slc.config import StreamConfig, WindowConfig
+from slc.config import FeatureConfig, StreamConfig, WindowConfig
 
-# A window's clip -> its probabilities, `float32[labels]` (batched by the caller's queue).
+log = logging.getLogger(__name__)
+
+# A window's features (slc.runtime.fbank) -> its probabilities, `float32[labels]`
+# (batched by the caller's queue).
 Scorer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 
@@ -51,12 +58,12 @@ class StreamHub:
         config: StreamConfig,
         window: WindowConfig,
         codes: Sequence[str],
-        sample_rate: int,
+        features: FeatureConfig,
         score: Scorer,
         threshold: float | None = None,
         open_set: bool = True,
     ) -> None:
-        self.config, self.window, self.codes, self.rate, self.score = config, window, tuple(codes), sample_rate, score
+        self.config, self.window, self.codes, self.features, self.score = config, window, tuple(codes), features, score
         self.threshold, self.open_set = threshold, open_set  # the bundle's open-set answer (StreamSession)
         self.open = 0
 
@@ -79,6 +86,9 @@ class StreamHub:
             ))  # fmt: skip
         except WebSocketDisconnect:
             pass  # the client left; nobody to tell
+        except Exception:
+            log.exception("a stream failed")
+            await _close(websocket, StreamClosed(INTERNAL_ERROR, "internal", "the server failed; see its log"))
         finally:
             self.open -= 1
 
@@ -87,9 +97,9 @@ class StreamHub:
         if first.get("text") is None:
             raise StreamClosed(POLICY_VIOLATION, "bad_start", "start message: expected JSON text, got a binary frame")
         start = StreamStart.parse(first["text"], self.codes)
-        session = StreamSession(start, self.config, self.window, self.codes, self.rate, self.threshold, self.open_set)
+        session = StreamSession(start, self.config, self.window, self.codes, self.features, self.threshold, self.open_set)
         await websocket.send_json({
-            "type": "ready", "sample_rate": self.rate, "window_s": self.window.window_s, "hop_s": session.hop_s,
+            "type": "ready", "sample_rate": self.features.sample_rate, "window_s": self.window.window_s, "hop_s": session.hop_s,
             "labels": [c for c, keep in zip(self.codes, session.keep) if keep],
         })  # fmt: skip
         began = time.monotonic()
@@ -124,13 +134,12 @@ class StreamHub:
             raise WebSocketDisconnect(message.get("code", 1000))
         return message
 
-    async def _events(self, websocket: WebSocket, session: StreamSession, windows: list) -> None:
+    async def _events(self, websocket: WebSocket, session: StreamSession, windows: list[Window]) -> None:
         """Windows -> gate -> model -> events, sent in the windows' order."""
-        speech = [session.speech(clip) for _, _, clip in windows]
-        spoken = [clip for (_, _, clip), s in zip(windows, speech) if s]
-        scores = iter(await asyncio.gather(*(self.score(clip) for clip in spoken)))
-        for (start, end, _), s in zip(windows, speech):
-            for event in session.observe(start, end, next(scores) if s else None):
+        speech = [session.speech(w.clip) for w in windows]
+        scores = iter(await asyncio.gather(*(self.score(w.features) for w, s in zip(windows, speech) if s)))
+        for w, s in zip(windows, speech):
+            for event in session.observe(w.start, w.end, next(scores) if s else None):
                 await websocket.send_json(event)
 
 

@@ -7,7 +7,8 @@ resampler at HQ quality, as `slc.audio.stream` does for files. Every `hop_s`
 of audio a window of the bundle's `window_s` ending there is due: the
 voice-activity gate either calls it silence or hands it to the model, and
 the model's probabilities go through the same `Smoother` as a recording's
-timeline does.
+timeline does. Each window's features come from a `FrameCache`: the
+windows overlap, and each 10 ms frame is computed once.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import soxr
 
 from slc.apps.stream_activity import is_speech
-from slc.config import StreamConfig, WindowConfig
-from slc.labels import BACKGROUND, LabelError, normalize
-from slc.runtime import smoothing
+from slc.config import FeatureConfig, StreamConfig, WindowConfig
+from slc.labels import LabelError, normalize
+from slc.runtime import openset, smoothing
+from slc.runtime.fbank import FrameCache
 
 # Sample format -> (numpy dtype, full scale).
 ENCODINGS = {"pcm_s16le": ("<i2", 32768.0), "f32le": ("<f4", 1.0)}
@@ -33,7 +35,7 @@ _F32_LIMIT = 16.0
 START_FIELDS = {"type", "sample_rate", "encoding", "channels", "allow", "min_confidence", "hop_s", "top_k"}
 
 # Close codes (RFC 6455).
-UNSUPPORTED_DATA, POLICY_VIOLATION, TOO_BIG, TRY_AGAIN_LATER = 1003, 1008, 1009, 1013
+UNSUPPORTED_DATA, POLICY_VIOLATION, TOO_BIG, INTERNAL_ERROR, TRY_AGAIN_LATER = 1003, 1008, 1009, 1011, 1013
 
 
 class StreamClosed(Exception):
@@ -120,6 +122,16 @@ def _numbers(data: dict[str, Any]) -> tuple[float | None, float | None, int]:
     return confidence, hop, top_k
 
 
+class Window(NamedTuple):
+    """A window due: its sample range at the model's rate, its samples (for
+    the voice-activity gate) and its features (for the model)."""
+
+    start: int
+    end: int
+    clip: np.ndarray
+    features: np.ndarray
+
+
 class StreamSession:
     """A stream's state: audio not yet windowed, the smoother, the windows
     scored so far. `feed` and `finish` hand out the windows due; `observe`
@@ -131,21 +143,20 @@ class StreamSession:
         config: StreamConfig,
         window: WindowConfig,
         codes: Sequence[str],
-        sample_rate: int,
+        features: FeatureConfig,
         threshold: float | None = None,
         open_set: bool = True,
     ) -> None:
-        self.start, self.config, self.window, self.codes, self.rate = start, config, window, tuple(codes), sample_rate
+        self.start, self.config, self.window, self.codes = start, config, window, tuple(codes)
+        self.rate = sample_rate = features.sample_rate
+        self.frames = FrameCache(features)
         self.hop_s = start.hop_s or config.hop_s
         # The open-set answer, as the Classifier gives it (slc.runtime.openset):
         # the start message's min_confidence or the bundle's threshold, and the
         # background class named `unknown` (or left out when the open set is off).
         self.threshold = start.min_confidence if start.min_confidence is not None else threshold
-        self.names = tuple(smoothing.UNKNOWN if c == BACKGROUND else c for c in self.codes)
-        self.keep = np.array([
-            (c == BACKGROUND and open_set) or (c != BACKGROUND and (start.allow is None or c in start.allow))
-            for c in self.codes
-        ])  # fmt: skip
+        self.names = openset.shown_names(self.codes)
+        self.keep = openset.answerable(self.codes, start.allow, open_set)
         self.dtype, self.scale = ENCODINGS[start.encoding]
         self.resampler = (
             soxr.ResampleStream(start.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
@@ -166,7 +177,7 @@ class StreamSession:
     def received_s(self) -> float:
         return self.received / self.start.sample_rate
 
-    def feed(self, frame: bytes) -> list[tuple[int, int, np.ndarray]]:
+    def feed(self, frame: bytes) -> list[Window]:
         """A binary frame -> the windows it completes, `(start, end, clip)`
         in samples at the model's rate. StreamClosed when the frame is not
         whole samples in the stream's encoding, or the stream grows too long."""
@@ -192,7 +203,7 @@ class StreamSession:
             )
         return self._append(samples.mean(axis=1), last=False)
 
-    def finish(self) -> list[tuple[int, int, np.ndarray]]:
+    def finish(self) -> list[Window]:
         """The end of the audio -> the last windows: the resampler's tail,
         and a window ending with the stream when audio came after the last one."""
         windows = self._append(np.zeros(0, dtype=np.float32), last=True)
@@ -201,7 +212,7 @@ class StreamSession:
             windows.append(self._window(self.produced))
         return windows
 
-    def _append(self, mono: np.ndarray, last: bool) -> list[tuple[int, int, np.ndarray]]:
+    def _append(self, mono: np.ndarray, last: bool) -> list[Window]:
         chunk = self.resampler.resample_chunk(mono, last=last) if self.resampler else mono
         self.buffer = np.concatenate([self.buffer, chunk.astype(np.float32, copy=False)])
         self.produced += len(chunk)
@@ -213,10 +224,11 @@ class StreamSession:
         self.buffer = self.buffer[-span:]
         return windows
 
-    def _window(self, end: int) -> tuple[int, int, np.ndarray]:
+    def _window(self, end: int) -> Window:
         start = max(0, end - round(self.window.window_s * self.rate))
         offset = self.produced - len(self.buffer)  # sample index of buffer[0]
-        return start, end, self.buffer[start - offset : end - offset].copy()
+        clip = self.buffer[start - offset : end - offset].copy()
+        return Window(start, end, clip, self.frames.window(self.buffer, offset, start, end))
 
     def speech(self, clip: np.ndarray) -> bool:
         return is_speech(clip, self.rate, self.config.speech_level_db, self.config.speech_range_db)

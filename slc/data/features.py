@@ -3,7 +3,9 @@ mean/variance normalisation, the numbers of transformers'
 `Speech2TextFeatureExtractor`.
 
 One implementation serves ingest, training and (exported to `features.onnx`)
-serving, so a model never sees features computed two different ways.
+serving, so a model never sees features computed two different ways; the
+filter bank and window come from `slc.runtime.fbank`, whose numpy frames
+(live streams) are held to this module's numbers by a test.
 """
 
 from __future__ import annotations
@@ -15,39 +17,7 @@ import torch
 from torch import nn
 
 from slc.config import FeatureConfig
-
-# Kaldi computes fbank on 16-bit integer sample values.
-_INT16_SCALE = 32768.0
-
-
-def num_frames(n_samples: int, config: FeatureConfig = FeatureConfig()) -> int:
-    """Frames Kaldi makes from `n_samples` (snip_edges: no partial frames)."""
-    if n_samples < config.frame_length:
-        return 0
-    return 1 + (n_samples - config.frame_length) // config.hop_length
-
-
-def _kaldi_mel(freq_hz: torch.Tensor) -> torch.Tensor:
-    return 1127.0 * torch.log1p(freq_hz / 700.0)
-
-
-def mel_filter_bank(config: FeatureConfig) -> torch.Tensor:
-    """`float64[fft_length // 2 + 1, num_mel_bins]` triangles, equally spaced
-    and triangular on Kaldi's mel scale."""
-    n_bins = config.fft_length // 2 + 1
-    bin_mel = _kaldi_mel(torch.arange(n_bins, dtype=torch.float64) * config.sample_rate / config.fft_length)
-    low = _kaldi_mel(torch.tensor(config.low_freq_hz, dtype=torch.float64))
-    high = _kaldi_mel(torch.tensor(config.high_freq_hz, dtype=torch.float64))
-    edges = torch.linspace(0, 1, config.num_mel_bins + 2, dtype=torch.float64) * (high - low) + low
-    left, center, right = edges[:-2], edges[1:-1], edges[2:]
-    rising = (bin_mel[:, None] - left) / (center - left)
-    falling = (right - bin_mel[:, None]) / (right - center)
-    return torch.clamp(torch.minimum(rising, falling), min=0.0)
-
-
-def povey_window(length: int) -> torch.Tensor:
-    """Kaldi's default window: a Hann window raised to 0.85."""
-    return torch.hann_window(length, periodic=False, dtype=torch.float64).pow(0.85)
+from slc.runtime.fbank import INT16_SCALE, mel_filter_bank, povey_window
 
 
 class Fbank(nn.Module):
@@ -61,8 +31,8 @@ class Fbank(nn.Module):
     def __init__(self, config: FeatureConfig = FeatureConfig()) -> None:
         super().__init__()
         self.config = config
-        self.register_buffer("window", povey_window(config.frame_length), persistent=False)
-        self.register_buffer("mel_filters", mel_filter_bank(config).float(), persistent=False)
+        self.register_buffer("window", torch.from_numpy(povey_window(config.frame_length)), persistent=False)
+        self.register_buffer("mel_filters", torch.from_numpy(mel_filter_bank(config)).float(), persistent=False)
         # A tensor, not a Python float: the ONNX exporter would round a scalar
         # constant to float32.
         self.register_buffer("preemphasis", torch.tensor(config.preemphasis, dtype=torch.float64), persistent=False)
@@ -76,7 +46,7 @@ class Fbank(nn.Module):
         # out of different FFT libraries (torch, onnxruntime) 1e-3 apart after
         # the log. Past the FFT, sums are of positive terms and float32 is exact
         # enough.
-        frames = (waveforms.double() * _INT16_SCALE).unfold(1, cfg.frame_length, cfg.hop_length)
+        frames = (waveforms.double() * INT16_SCALE).unfold(1, cfg.frame_length, cfg.hop_length)
         frames = frames - frames.mean(dim=-1, keepdim=True)
         frames = torch.cat(
             [frames[..., :1] * (1.0 - self.preemphasis), frames[..., 1:] - self.preemphasis * frames[..., :-1]],

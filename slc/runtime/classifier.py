@@ -23,7 +23,7 @@ from slc.config import AudioConfig, FeatureConfig, WindowConfig
 from slc.config_io import from_dict
 from slc.labels import BACKGROUND, LabelSet, normalize
 from slc.runtime import bundle as bundles
-from slc.runtime.openset import OpenSet
+from slc.runtime.openset import OpenSet, answerable, shown_names
 from slc.runtime.smoothing import UNKNOWN, Segment, timeline
 from slc.runtime.windows import cut, window_bounds
 
@@ -101,7 +101,6 @@ class Classifier:
         if verify:
             bundles.verify(self.path, manifest, [bundles.FEATURES_FILE, model_file])
         self.open_set = OpenSet.from_dict(manifest["open_set"]) if open_set and "open_set" in manifest else None
-        self._background = self.labels.id(BACKGROUND) if BACKGROUND in self.labels else None
         self.threads, self.batch_size = threads, batch_size
         self._features = bundles.session(self.path / bundles.FEATURES_FILE, threads)
         self._model = bundles.session(self.path / model_file, threads)
@@ -160,6 +159,15 @@ class Classifier:
         Prediction each, in order: the second half of `classify_batch` for
         whole clips."""
         keep, min_confidence = self._keep(allow, min_confidence), self.threshold(min_confidence)
+        scores = self.probabilities_of_features(features)
+        return [
+            self._answer(_restrict(s, keep), keep, min_confidence, duration)
+            for s, duration in zip(scores, durations_s)
+        ]
+
+    def probabilities_of_features(self, features: Sequence[np.ndarray]) -> np.ndarray:
+        """Features (`float32[frames, num_mel_bins]` each, as `featurize` or
+        `slc.runtime.fbank` give them) -> `float32[len(features), labels]`."""
         scores = np.empty((len(features), len(self.labels)), dtype=np.float32)
         for chosen in self._batches([len(f) for f in features]):
             frame_lengths = np.array([len(features[i]) for i in chosen], dtype=np.int64)
@@ -167,10 +175,7 @@ class Classifier:
             for row, i in zip(padded, chosen):
                 row[: len(features[i])] = features[i]
             scores[chosen] = self._score(padded, frame_lengths)
-        return [
-            self._answer(_restrict(s, keep), keep, min_confidence, duration)
-            for s, duration in zip(scores, durations_s)
-        ]
+        return scores
 
     def _check_whole(self, clips: Sequence[np.ndarray]) -> None:
         lengths = np.array([len(c) for c in clips])
@@ -329,9 +334,8 @@ class Classifier:
         """Windows -> segments, smoothed with hysteresis (slc.runtime.smoothing)
         exactly as a live stream's timeline is."""
         w = self.window
-        codes = [UNKNOWN if i == self._background else code for i, code in enumerate(self.labels.codes)]
         return timeline(
-            bounds, scores, codes, n_samples, self.feature_config.sample_rate,
+            bounds, scores, shown_names(self.labels.codes), n_samples, self.feature_config.sample_rate,
             w.hop_s, w.change_evidence, w.evidence_cap, min_confidence,
         )  # fmt: skip
 
@@ -343,25 +347,20 @@ class Classifier:
         return self.open_set.threshold
 
     def _keep(self, allow: Sequence[str] | None, min_confidence: float | None) -> np.ndarray:
-        """The allowed labels as a mask, after checking both answer options.
-        The background class stays while the open set is on and goes when it
-        is off."""
+        """The labels an answer may name (`openset.answerable`), after checking
+        both answer options."""
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be within [0, 1], got {min_confidence}")
-        keep = self._allowed(allow)
-        if self._background is not None:
-            keep[self._background] = self.open_set is not None
-        return keep
+        return answerable(self.labels.codes, self._allowed(allow), self.open_set is not None)
 
-    def _allowed(self, allow: Sequence[str] | None) -> np.ndarray:
-        keep = np.ones(len(self.labels), dtype=bool)
+    def _allowed(self, allow: Sequence[str] | None) -> set[str] | None:
         if not allow:
-            return keep
+            return None
         wanted = {normalize(code) for code in allow}
         unknown = sorted(wanted - set(self.labels.codes) - {BACKGROUND})
         if unknown:
             raise ValueError(f"allow names languages the model does not know: {unknown}; it knows {list(self.labels.codes)}")
-        return np.array([code in wanted for code in self.labels.codes])
+        return wanted
 
     def _answer(self, scores: np.ndarray, keep: np.ndarray, min_confidence: float | None, duration_s: float) -> Prediction:
         probabilities = self._ranked(scores, keep)

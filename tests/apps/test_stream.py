@@ -9,6 +9,7 @@ smoothing against the truth in test_stream_session.py."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import subprocess
@@ -22,12 +23,14 @@ import soundfile as sf
 import soxr
 from conftest import espeak_wav
 from test_serve import Endpoint, deployed
+from starlette.websockets import WebSocketState
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from slc.apps.stream import StreamHub
 from slc.apps.stream_session import StreamSession, StreamStart
 from slc.audio import trim_silence
-from slc.config import StreamConfig
+from slc.config import FeatureConfig, StreamConfig, WindowConfig
 from slc.runtime.classifier import Classifier
 
 RATE = 16000
@@ -88,14 +91,14 @@ def local_events(classifier: Classifier, samples: np.ndarray) -> list[dict]:
     """The events a StreamSession earns here, scored by `classifier`, for
     `samples` fed as `stream` feeds them."""
     start = StreamStart(RATE, "pcm_s16le", hop_s=HOP_S)
-    session = StreamSession(start, StreamConfig(**LIMITS), classifier.window, classifier.labels.codes, RATE)
+    session = StreamSession(start, StreamConfig(**LIMITS), classifier.window, classifier.labels.codes, classifier.feature_config)
     pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
     step, windows = int(0.2 * RATE) * 2, []
     for at in range(0, len(pcm), step):
         windows += session.feed(pcm[at : at + step])
     events = []
-    for start_, end, clip in windows + session.finish():
-        scores = classifier.probabilities([clip])[0] if session.speech(clip) else None
+    for start_, end, clip, features in windows + session.finish():
+        scores = classifier.probabilities_of_features([features])[0] if session.speech(clip) else None
         events += session.observe(start_, end, scores)
     return events + [session.final()]
 
@@ -192,6 +195,42 @@ def test_an_idle_stream_is_closed_and_a_replica_holds_at_most_its_streams(endpoi
     finally:
         for ws in held:
             ws.close()
+
+
+class ScriptedSocket:
+    """The client side of a WebSocket as `StreamHub.run` sees it: messages
+    given in advance, what the server sends kept."""
+
+    def __init__(self, messages: list) -> None:
+        self.incoming = [{"type": "websocket.receive", **({"text": m} if isinstance(m, str) else {"bytes": m})}
+                         for m in messages]  # fmt: skip
+        self.sent: list[dict] = []
+        self.closed: tuple[int, str] | None = None
+        self.client_state = WebSocketState.CONNECTED
+
+    async def accept(self) -> None:
+        pass
+
+    async def receive(self) -> dict:
+        return self.incoming.pop(0) if self.incoming else {"type": "websocket.disconnect", "code": 1000}
+
+    async def send_json(self, data: dict) -> None:
+        self.sent.append(data)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        self.closed, self.client_state = (code, reason), WebSocketState.DISCONNECTED
+
+
+def test_a_failure_of_the_server_closes_the_stream_with_1011_and_a_json_reason(speech_16k):
+    async def broken_model(features: np.ndarray) -> np.ndarray:
+        raise RuntimeError("the model failed")
+
+    hub = StreamHub(StreamConfig(), WindowConfig(), ("de", "en"), FeatureConfig(), broken_model)
+    socket = ScriptedSocket([START, (speech_16k * 32767).astype("<i2").tobytes()])
+    asyncio.run(hub.run(socket))
+    assert socket.closed == (1011, json.dumps({"error": "internal"}))
+    assert socket.sent[-1]["type"] == "error" and socket.sent[-1]["error"] == "internal"
+    assert hub.open == 0
 
 
 def test_random_messages_never_crash_a_stream_or_the_replica(endpoint, recording):

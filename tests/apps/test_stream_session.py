@@ -16,12 +16,13 @@ from conftest import espeak_wav
 
 from slc.apps.stream_activity import is_speech
 from slc.apps.stream_session import StreamClosed, StreamSession, StreamStart
-from slc.config import StreamConfig, WindowConfig
+from slc.config import FeatureConfig, StreamConfig, WindowConfig
 from slc.runtime.smoothing import Smoother, timeline
 
 RATE = 16000
 CODES = ("de", "en", "fr", "it")
 WINDOW = WindowConfig()
+FEATURES = FeatureConfig()
 
 
 def speech(text: str, voice: str) -> np.ndarray:
@@ -143,7 +144,7 @@ def test_a_good_start_message_keeps_what_it_asks():
 
 def session(**start) -> StreamSession:
     asked = StreamStart(**{"sample_rate": RATE, "encoding": "pcm_s16le", **start})
-    return StreamSession(asked, StreamConfig(), WINDOW, CODES, RATE)
+    return StreamSession(asked, StreamConfig(), WINDOW, CODES, FEATURES)
 
 
 def test_44k_stereo_in_odd_frames_gives_the_windows_of_the_resampled_mono_audio():
@@ -158,9 +159,9 @@ def test_44k_stereo_in_odd_frames_gives_the_windows_of_the_resampled_mono_audio(
             break
     windows += live.finish()
     mono = soxr.resample(stereo.mean(axis=1), 44100, RATE, quality="HQ")
-    ends = [end for _, end, _ in windows]
+    ends = [w.end for w in windows]
     assert ends[:3] == [RATE, int(1.5 * RATE), 2 * RATE] and ends[-1] == len(mono) == live.produced
-    for start, end, clip in windows:
+    for start, end, clip, _ in windows:
         assert end - start == min(end, WINDOW.window_s * RATE)
         np.testing.assert_allclose(clip, mono[start:end], atol=1e-5)
 
@@ -181,7 +182,7 @@ def test_audio_not_in_the_streams_encoding_is_refused_with_1003(start, frame, er
 
 
 def test_a_stream_longer_than_allowed_is_closed_with_1008():
-    live = StreamSession(StreamStart(RATE, "pcm_s16le"), StreamConfig(max_stream_s=2), WINDOW, CODES, RATE)
+    live = StreamSession(StreamStart(RATE, "pcm_s16le"), StreamConfig(max_stream_s=2), WINDOW, CODES, FEATURES)
     live.feed(bytes(2 * RATE * 2))
     with pytest.raises(StreamClosed) as raised:
         live.feed(bytes(2))
@@ -192,7 +193,7 @@ def test_events_say_silence_partials_and_changes_and_the_final_timeline_agrees()
     live = session(allow=("de", "fr"))
     truth = [("de", 10.0), ("fr", 10.0)]
     events = []
-    for start, end, _ in live.feed(bytes(int(sum(s for _, s in truth) * RATE) * 2)) + live.finish():
+    for start, end, *_ in live.feed(bytes(int(sum(s for _, s in truth) * RATE) * 2)) + live.finish():
         middle = (start + end) / 2 / RATE
         if end <= 2 * RATE:
             events += live.observe(start, end, None)
@@ -218,9 +219,9 @@ def test_events_say_silence_partials_and_changes_and_the_final_timeline_agrees()
 def test_the_background_class_is_unknown_with_the_open_set_and_left_out_without(open_set):
     codes = ("de", "fr", "other")
     start = StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}), codes)
-    live = StreamSession(start, StreamConfig(), WINDOW, codes, RATE, threshold=0.5, open_set=open_set)
+    live = StreamSession(start, StreamConfig(), WINDOW, codes, FEATURES, threshold=0.5, open_set=open_set)
     events = []
-    for s, e, _ in live.feed(bytes(20 * RATE * 2)) + live.finish():
+    for s, e, *_ in live.feed(bytes(20 * RATE * 2)) + live.finish():
         middle = (s + e) / 2 / RATE
         row = np.array([0.8, 0.1, 0.1]) if middle < 10 else np.array([0.05, 0.25, 0.7])
         events += live.observe(s, e, row)
@@ -236,11 +237,11 @@ def test_the_background_class_is_unknown_with_the_open_set_and_left_out_without(
 
 def test_the_bundle_threshold_applies_unless_the_start_message_sets_its_own():
     strict = StreamSession(StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1}), CODES),
-                           StreamConfig(), WINDOW, CODES, RATE, threshold=0.95)
+                           StreamConfig(), WINDOW, CODES, FEATURES, threshold=0.95)
     asked = StreamSession(StreamStart.parse(json.dumps({"sample_rate": RATE, "encoding": "pcm_s16le", "channels": 1,
                                                          "min_confidence": 0.5}), CODES),
-                          StreamConfig(), WINDOW, CODES, RATE, threshold=0.95)
+                          StreamConfig(), WINDOW, CODES, FEATURES, threshold=0.95)
     for live in (strict, asked):
-        (s, e, _), *_ = live.feed(bytes(4 * RATE * 2))
+        (s, e, *_), *_ = live.feed(bytes(4 * RATE * 2))
         live.partial = live.observe(s, e, one_hot("de", 0.8))[0]
     assert strict.partial["language"] == "unknown" and asked.partial["language"] == "de"
