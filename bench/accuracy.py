@@ -38,6 +38,7 @@ from sklearn.metrics import f1_score
 from slc.data.corpus import discover
 from slc.labels import BACKGROUND
 from slc.runtime.classifier import Classifier, Prediction
+from slc.runtime.openset import detection_scores
 from slc.runtime.smoothing import UNKNOWN
 from slc.training.metrics import equal_error_rate, false_accept_at_miss
 
@@ -85,10 +86,10 @@ def condition_table(rows: Sequence[dict[str, str]], predictions: Sequence[Predic
 
 
 def open_set_score(prediction: Prediction) -> float:
-    """How surely a clip is in the label set, as `slc evaluate` scores it: the
-    calibrated probability of the best language, -inf when the background
-    class wins (no threshold accepts it)."""
-    return -np.inf if next(iter(prediction.probabilities)) == BACKGROUND else prediction.confidence
+    """How surely a clip is in the label set, as `slc evaluate` scores it
+    (`openset.detection_scores`)."""
+    codes = list(prediction.probabilities)
+    return float(detection_scores(np.array([list(prediction.probabilities.values())]), codes)[0])
 
 
 def open_set_figures(in_set: Sequence[Prediction], out_of_set: Sequence[Prediction]) -> dict[str, float]:

@@ -17,12 +17,13 @@ so it applies to any bundle without re-exporting its graph.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from slc.labels import BACKGROUND
+from slc.runtime.smoothing import UNKNOWN
 
 _FLOOR = 1e-12
 # Temperatures searched (log-spaced); NLL is smooth in log T, so a fine grid
@@ -70,6 +71,18 @@ def tempered(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return (scaled / scaled.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
+def answerable(codes: Sequence[str], allowed: Collection[str] | None, open_set: bool) -> np.ndarray:
+    """The labels an answer may name, as a mask over `codes`: the languages
+    `allowed` (all when None), and the background class while the open set is
+    on (it wins as `unknown`); off, the background class is never an answer."""
+    return np.array([open_set if c == BACKGROUND else allowed is None or c in allowed for c in codes], dtype=bool)
+
+
+def shown_names(codes: Sequence[str]) -> tuple[str, ...]:
+    """Label codes as answers name them: the background class is `unknown`."""
+    return tuple(UNKNOWN if c == BACKGROUND else c for c in codes)
+
+
 def in_set_scores(probabilities: np.ndarray, codes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Rows of probabilities -> (best class of each row, the probability of
     the best language in the set). The best class may be the background; the
@@ -78,6 +91,15 @@ def in_set_scores(probabilities: np.ndarray, codes: Sequence[str]) -> tuple[np.n
     best = probabilities.argmax(axis=-1)
     in_set = probabilities if background is None else np.delete(probabilities, background, axis=-1)
     return best, in_set.max(axis=-1)
+
+
+def detection_scores(probabilities: np.ndarray, codes: Sequence[str]) -> np.ndarray:
+    """How surely each row is speech in the label set: the probability of its
+    best language in the set, -inf where the background class wins (no
+    threshold accepts it)."""
+    best, scores = in_set_scores(probabilities, codes)
+    background = _background_index(codes)
+    return scores if background is None else np.where(best == background, -np.inf, scores)
 
 
 def rejected(probabilities: np.ndarray, codes: Sequence[str], threshold: float) -> np.ndarray:

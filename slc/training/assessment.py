@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from slc.labels import BACKGROUND, LabelSet
-from slc.runtime.openset import OpenSet, in_set_scores, rejected, tempered
+from slc.runtime.openset import OpenSet, detection_scores, in_set_scores, rejected, tempered
 from slc.runtime.smoothing import UNKNOWN
 from slc.training.metrics import (
     accuracy_by_duration,
@@ -59,7 +59,7 @@ def open_set_figures(
     threshold and accept rates per language."""
     codes, in_set = list(labels.codes), [code for code in labels.codes if code != BACKGROUND]
     calibrated = open_set.calibrate(scores.probabilities)
-    best, best_in_set = in_set_scores(calibrated, codes)
+    best, _ = in_set_scores(calibrated, codes)
     refused = rejected(calibrated, codes, open_set.threshold)
     answers = np.where(refused, UNKNOWN, np.asarray(codes, dtype=object)[best])
     is_background = ~np.isin(scores.truth, in_set)
@@ -80,8 +80,7 @@ def open_set_figures(
     }
     target, nontarget = ~is_background, is_background & kept
     if target.any() and nontarget.any():
-        # A clip the background class takes is rejected whatever the threshold.
-        detection = np.where(best == codes.index(BACKGROUND), -np.inf, best_in_set) if BACKGROUND in codes else best_in_set
+        detection = detection_scores(calibrated, codes)
         at_miss = false_accept_at_miss(detection[target], detection[nontarget], REPORTED_MISS)
         figures["background"] = {
             "clips": int(nontarget.sum()),
