@@ -19,6 +19,11 @@ over a second. Reported, each next to its target:
   is halved twice; the most streams that held, per replica core (target
   >= 50 with the `tiny` bundle).
 
+`--sweep` instead scores each recording's windows once, here, as the
+endpoint would, and replays them through the change detector for a grid of
+its settings (StreamConfig.change_evidence, evidence_cap): the change
+latency and the spurious changes each setting gives.
+
 Change latency is in seconds of audio, so it does not depend on the load;
 it is taken over all distinct recordings streamed at the levels that held.
 The client runs on the same machine and its CPU time is reported: on a
@@ -46,6 +51,7 @@ from websockets.exceptions import ConnectionClosed
 
 from slc import audio
 from slc.apps.serve_launcher import free_port, running
+from slc.apps.stream_session import StreamSession, StreamStart
 from slc.config import ServeConfig, StreamConfig
 from slc.labels import BACKGROUND
 from slc.runtime.classifier import Classifier
@@ -182,10 +188,10 @@ def partial_latencies(result: Streamed) -> list[float]:
     return out
 
 
-def change_outcome(result: Streamed, recording: Recording) -> tuple[float | None, int]:
-    """(seconds of audio from the true change to the change into the second
-    language, or None when missed; changes beyond the expected ones)."""
-    changes = [e for _, e in result.events if e["type"] == "change"]
+def change_outcome(changes: list[dict], recording: Recording) -> tuple[float | None, int]:
+    """A stream's `change` events -> (seconds of audio from the true change
+    to the change into the second language, or None when missed; changes
+    beyond the expected ones)."""
     expected = [next((c for c in changes if c["language"] == recording.first), None)]
     detected = next((c for c in changes if c["language"] == recording.second and c["time_s"] > recording.change_s), None)
     expected.append(detected)
@@ -251,7 +257,8 @@ def report(levels: list[Level], recs: list[Recording], cores: float, hop_s: floa
     for level in held or levels[:1]:
         for result in level.results:
             if result.ok and result.recording not in seen:
-                seen[result.recording] = change_outcome(result, recs[result.recording])
+                changes = [e for _, e in result.events if e["type"] == "change"]
+                seen[result.recording] = change_outcome(changes, recs[result.recording])
     delays = [d for d, _ in seen.values() if d is not None]
     missed = sum(d is None for d, _ in seen.values())
     spurious = sum(s for _, s in seen.values())
@@ -271,6 +278,45 @@ def report(levels: list[Level], recs: list[Recording], cores: float, hop_s: floa
     print(f"{'real-time streams per replica core':<34} {most / cores:>14.1f}  >= {STREAMS_PER_CORE_TARGET}")
 
 
+# --- the change detector's trade-off, offline ---------------------------------
+
+
+def window_scores(classifier: Classifier, recording: Recording, hop_s: float) -> tuple[StreamSession, list, np.ndarray]:
+    """A recording through a StreamSession here, as the endpoint scores it
+    -> the session, its windows that hold speech and their probabilities."""
+    start = StreamStart(RATE, "pcm_s16le", hop_s=hop_s)
+    session = StreamSession(start, StreamConfig(), classifier.window, classifier.labels.codes, classifier.feature_config)
+    step = int(FRAME_S * RATE) * 2
+    windows = [w for at in range(0, len(recording.pcm), step) for w in session.feed(recording.pcm[at : at + step])]
+    spoken = [w for w in windows + session.finish() if session.speech(w.clip)]
+    return session, spoken, classifier.probabilities_of_features([w.features for w in spoken])
+
+
+def sweep(classifier: Classifier, recs: list[Recording], hop_s: float) -> None:
+    """Change latency and spurious changes for a grid of the detector's
+    settings (StreamConfig.change_evidence, evidence_cap), from the windows
+    each recording gets live."""
+    scored = [window_scores(classifier, rec, hop_s) for rec in recs]
+    default = StreamConfig()
+    print(f"\n{len(recs)} recordings ({recs[0].change_s:g} s + {recs[0].change_s:g} s), hop {hop_s:g} s, "
+          f"window {classifier.window.window_s:g} s; * marks the defaults\n")
+    print(f"{'evidence_cap':>12} {'change_evidence':>15} {'median s':>9} {'p95 s':>7} {'missed':>7} {'spurious':>9}")
+    for cap in (2.2, 4.6, 6.9):
+        for evidence in (3.3, 4.4, 6.6, 9.0, 12.0):
+            outcomes = []
+            for rec, (session, windows, probabilities) in zip(recs, scored):
+                live = dataclasses.replace(default, change_evidence=evidence, evidence_cap=cap)
+                replay = StreamSession(session.start, live, session.window, session.codes, classifier.feature_config)
+                changes = [e for w, p in zip(windows, probabilities) for e in replay.observe(w.start, w.end, p)
+                           if e["type"] == "change"]  # fmt: skip
+                outcomes.append(change_outcome(changes, rec))
+            delays = [d for d, _ in outcomes if d is not None]
+            c50, c95 = percentiles(delays)
+            mark = "*" if (cap, evidence) == (default.evidence_cap, default.change_evidence) else " "
+            print(f"{cap:>12g} {evidence:>15g} {c50:>9.2f} {c95:>7.2f} {sum(d is None for d, _ in outcomes):>7} "
+                  f"{sum(n for _, n in outcomes):>9}{mark}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, default=Path("demo-output/bundle"))
@@ -281,6 +327,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the replica, and its CPUs")
     parser.add_argument("--start-streams", type=int, default=8)
     parser.add_argument("--max-streams", type=int, default=512)
+    parser.add_argument("--sweep", action="store_true",
+                        help="instead: the change detector's latency and spurious changes over a grid of its settings, offline")
     args = parser.parse_args()
     if not (args.bundle / "bundle.json").is_file():
         raise SystemExit(f"{args.bundle} is not a bundle: run `make demo` first, or pass --bundle")
@@ -289,6 +337,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="slc-bench-stream-") as scratch:
         root = args.clips if args.clips.is_dir() else synthesised_corpus(labels, Path(scratch) / "corpus")
         recs = recordings(corpus_clips(root, labels), args.recordings, args.part_s)
+    if args.sweep:
+        sweep(Classifier(args.bundle), recs, args.hop_s)
+        return
     config = ServeConfig(
         port=free_port(), threads=args.threads, num_cpus=args.threads,
         max_ongoing_requests=args.max_streams + 16,

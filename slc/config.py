@@ -347,8 +347,21 @@ class StreamConfig:
     # stationary noise and tones stay within a few dB).
     speech_level_db: float = -45.0
     speech_range_db: float = 6.0
+    # The change detector of a stream (slc.runtime.smoothing, as
+    # WindowConfig's for a recording): windows every 0.5 s overlap, so each
+    # adds half a second of evidence. A sure window counts in full up to
+    # 99.9 % (cap log(999)): a real change piles up sure windows, while the
+    # windows a misheard clip sways are seldom that sure. Measured on the
+    # demo bundle (`bench/stream.py --sweep --recordings 144`): a change is
+    # found 4 s into the new language (median), with 16 spurious changes in
+    # 144 recordings of 40 s; the offline cap (2.2) would take 6.5 s for 13.
+    # Less evidence finds a change sooner and flips more often.
+    change_evidence: float = 9.0
+    evidence_cap: float = 6.9
 
     def __post_init__(self) -> None:
+        if min(self.change_evidence, self.evidence_cap) <= 0:
+            raise ValueError(f"change_evidence and evidence_cap must be > 0, got {self.change_evidence} and {self.evidence_cap}")
         if not 0 < self.hop_s <= 4 or self.min_audio_s <= 0 or self.max_stream_s <= 0:
             raise ValueError(
                 f"hop_s must be within (0, 4] s and min_audio_s, max_stream_s > 0, "

@@ -167,7 +167,7 @@ class StreamSession:
         self.produced = 0  # samples at `sample_rate` so far
         self.received = 0  # frames (samples per channel) at the client's rate
         self.next_end = max(round(config.min_audio_s * sample_rate), round(self.hop_s * sample_rate))
-        self.smoother = smoothing.Smoother(len(self.codes), window.change_evidence, window.evidence_cap)
+        self.smoother = smoothing.Smoother(len(self.codes), config.change_evidence, config.evidence_cap)
         self.bounds: list[tuple[int, int]] = []  # speech windows scored
         self.scores: list[np.ndarray] = []
         self.silent_until = 0  # end (samples) of the last window the gate called silence
@@ -276,10 +276,11 @@ class StreamSession:
         return round((self.bounds[since - 1][1] + self.bounds[since][0]) / 2 / self.rate, 3)
 
     def final(self) -> dict[str, Any]:
-        """The whole stream's timeline, smoothed as a recording's is."""
+        """The whole stream's timeline, smoothed as a recording's is (with
+        the stream's change detector: it agrees with the `change` events)."""
         segments = smoothing.timeline(
             self.bounds, np.array(self.scores).reshape(len(self.scores), len(self.codes)), self.names,
-            self.produced, self.rate, self.hop_s, self.window.change_evidence, self.window.evidence_cap,
+            self.produced, self.rate, self.hop_s, self.config.change_evidence, self.config.evidence_cap,
             self.threshold,
         )  # fmt: skip
         return {

@@ -46,6 +46,18 @@ def test_one_or_two_odd_windows_never_flip_the_language_and_three_sure_ones_do()
     assert changes == [(2, CODES.index("de"), 0), (8, CODES.index("fr"), 6)]
 
 
+def test_a_stream_holds_through_two_seconds_of_sure_odd_windows_and_follows_a_change():
+    """A stream's detector (StreamConfig): windows every 0.5 s. Four windows
+    in a row 95 % sure of another language (2 s) do not flip it; a change
+    whose windows are that sure is confirmed at the fifth."""
+    config = StreamConfig()
+    smoother = Smoother(len(CODES), config.change_evidence, config.evidence_cap)
+    heard = ["de"] * 8 + ["it"] * 4 + ["de"] * 8 + ["fr"] * 8
+    pushed = [smoother.push(one_hot(lang, 0.95), config.hop_s) for lang in heard]
+    changes = [(i, CODES[c.label], c.since) for i, c in enumerate(pushed) if c]
+    assert changes == [(4, "de", 0), (24, "fr", 20)]
+
+
 def windows_of(truth: list[tuple[str, float]], window_s: float, hop_s: float, blips: dict[float, str]):
     """Windows over a recording of `truth` (language, seconds) -> bounds and
     probabilities: each window votes for the language of most of its audio
@@ -207,8 +219,10 @@ def test_events_say_silence_partials_and_changes_and_the_final_timeline_agrees()
     assert changes == [(None, "de"), ("de", "fr")]
     (change,) = [e for e in events if e["type"] == "change" and e["language"] == "fr"]
     # Found once windows hold more French than German (half a window in), and
-    # sure windows then gathered the evidence a change needs.
-    needed_s = WINDOW.window_s / 2 + WINDOW.change_evidence / WINDOW.evidence_cap + live.hop_s
+    # sure windows then gathered the evidence a change needs: French leads by
+    # log(0.8 / German's 0.2 / 3) a second of audio, within the cap.
+    lead = min(np.log(0.8 / (0.2 / (len(CODES) - 1))), live.config.evidence_cap)
+    needed_s = WINDOW.window_s / 2 + live.config.change_evidence / lead + live.hop_s
     assert abs(change["at_s"] - 10.0) <= live.hop_s and change["time_s"] - 10.0 <= needed_s
     final = live.final()
     assert [s["language"] for s in final["segments"]] == ["de", "fr"]
