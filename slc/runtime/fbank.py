@@ -83,6 +83,11 @@ def normalize(log_mel: np.ndarray) -> np.ndarray:
     return (centered / np.sqrt(np.maximum(variance, 1e-10))).astype(np.float32)
 
 
+def clip_features(log_mel: np.ndarray, config: FeatureConfig) -> np.ndarray:
+    """A clip's log-mel frames -> its features: normalised, unless `config` says not."""
+    return normalize(log_mel) if config.normalize else log_mel
+
+
 class FrameCache:
     """The features of the windows of one growing recording, each 10 ms frame
     computed once. Windows come in order of start; a window starting on the
@@ -100,7 +105,7 @@ class FrameCache:
         sample `offset` on and covers the window."""
         hop, n = self.config.hop_length, num_frames(end - start, self.config)
         if start % hop:
-            return self._finish(self.log_mel(samples[start - offset : end - offset]))
+            return clip_features(self.log_mel(samples[start - offset : end - offset]), self.config)
         first = start // hop
         if not self.first <= first <= self.first + len(self.frames):
             self.first, self.frames = first, self.frames[:0]
@@ -109,7 +114,4 @@ class FrameCache:
             stop = (first + n - 1) * hop + self.config.frame_length
             self.frames = np.concatenate([self.frames, self.log_mel(samples[have * hop - offset : stop - offset])])
         self.frames, self.first = self.frames[first - self.first :], first
-        return self._finish(self.frames[:n])
-
-    def _finish(self, log_mel: np.ndarray) -> np.ndarray:
-        return normalize(log_mel) if self.config.normalize else log_mel.copy()
+        return clip_features(self.frames[:n].copy(), self.config)

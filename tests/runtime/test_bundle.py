@@ -1,6 +1,7 @@
 """A bundle's files are checked against bundle.json: the files a Classifier
 loads, each once per process."""
 
+import json
 import os
 import shutil
 
@@ -75,3 +76,14 @@ def test_a_missing_file_is_refused_even_when_unused(copy):
     (copy / "model.fp16.onnx").unlink()
     with pytest.raises(bundles.BundleError, match=r"model.fp16.onnx: listed in bundle.json but missing"):
         Classifier(copy, variant="fp32")
+
+
+def test_a_feature_graph_that_disagrees_with_the_feature_settings_is_refused(copy):
+    """The runtime computes features in numpy from bundle.json's settings;
+    a features.onnx made with other settings would have given the model
+    other numbers in training."""
+    manifest = bundles.read_manifest(copy)
+    manifest["features"]["normalize"] = False
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(bundles.BundleError, match=r"features.onnx: its features differ from those of the bundle's feature settings"):
+        Classifier(copy)
