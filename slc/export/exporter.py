@@ -253,7 +253,7 @@ def _build(
             progress(done, len(files), variant=name)
     _time_against_fp32(variants, out, clip_4s, config)
     default = choose_default(variants, config)
-    open_set = _fit_open_set(model, splits["val"], labels, config.target_miss)
+    open_set = _fit_open_set(out / variants[default]["file"], splits["val"], labels, config.target_miss)
     log.info("open set: temperature %.3f, threshold %.4f (%.0f%% of in-set val clips rejected)",
              open_set.temperature, open_set.threshold, 100 * open_set.target_miss)
     manifest = {
@@ -283,13 +283,13 @@ def _build(
 
 
 def _fit_open_set(
-    model: LanguageClassifier, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet, miss: float
+    path: Path, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet, miss: float
 ) -> openset.OpenSet:
-    """Temperature and threshold (slc.runtime.openset) from the validation clips."""
-    with torch.inference_mode():
-        probabilities = [torch.softmax(model(torch.from_numpy(f), torch.from_numpy(n)), -1).numpy() for f, n, _ in batches]
+    """Temperature and threshold (slc.runtime.openset) of the variant at
+    `path`, the one that answers, from the validation clips."""
+    probabilities = quantize.probabilities(bundles.session(path, threads=1), batches)
     targets = np.concatenate([t for _, _, t in batches])
-    return openset.fit(np.concatenate(probabilities), targets, labels.codes, miss)
+    return openset.fit(probabilities, targets, labels.codes, miss)
 
 
 def _labelled_batches(

@@ -107,13 +107,16 @@ def score(
     model: ort.InferenceSession, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]], labels: LabelSet
 ) -> dict[str, Any]:
     """Metrics of `model` on (features, frame_lengths, label ids) batches."""
-    truth: list[int] = []
-    predicted: list[int] = []
-    for features, lengths, targets in batches:
-        (probabilities,) = model.run(None, {"features": features, "frame_lengths": lengths})
-        predicted += probabilities.argmax(axis=1).tolist()
-        truth += targets.tolist()
-    return classification_metrics(truth, predicted, labels)
+    predicted = probabilities(model, batches).argmax(axis=1)
+    truth = np.concatenate([targets for _, _, targets in batches])
+    return classification_metrics(truth.tolist(), predicted.tolist(), labels)
+
+
+def probabilities(model: ort.InferenceSession, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """`float32[clips, labels]` of `model` on (features, frame_lengths, label ids) batches, in order."""
+    return np.concatenate([
+        model.run(None, {"features": features, "frame_lengths": lengths})[0] for features, lengths, _ in batches
+    ])  # fmt: skip
 
 
 def measure(
