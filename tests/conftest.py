@@ -74,32 +74,40 @@ def small_shards(tmp_path_factory, ray_session):
 def small_checkpoint(small_shards, tmp_path_factory):
     """A 2-layer tiny classifier trained in-process for a few seconds on
     `small_shards`, saved as a checkpoint that records those shards."""
+    from slc.labels import LabelSet
+
+    directory = tmp_path_factory.mktemp("checkpoint") / "best"
+    return train_in_process(small_shards, LabelSet(("de", "en")), epochs=8, directory=directory)
+
+
+def train_in_process(shards, labels, epochs: int, directory, shuffle: bool = False):
+    """A 2-layer tiny classifier of `labels` trained here on the train split
+    of `shards` (batches in order, or shuffled), saved at `directory` as a
+    checkpoint that records those shards."""
     import torch
 
     from slc.config import FeatureConfig, ModelConfig, TrainConfig
     from slc.data.shards import read_split
-    from slc.labels import LabelSet
     from slc.training import checkpoint as ckpt
     from slc.training.batches import COLUMNS, collate
     from slc.training.model import LanguageClassifier
 
     torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=8)
-    labels = LabelSet(("de", "en"))
+    config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=epochs)
     model = LanguageClassifier.build(config.model, len(labels))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    table = read_split(str(small_shards), "train", columns=COLUMNS)
+    table = read_split(str(shards), "train", columns=COLUMNS)
     rng = np.random.default_rng(0)
     for _ in range(config.epochs):
-        for start in range(0, table.num_rows, config.batch_size):
-            features, lengths, targets = collate(table.slice(start, config.batch_size), labels, 300, True, rng, config)
+        starts = np.arange(0, table.num_rows, config.batch_size)
+        for start in rng.permutation(starts) if shuffle else starts:
+            features, lengths, targets = collate(table.slice(start, config.batch_size), labels, config.max_frames, True, rng, config)
             loss = torch.nn.functional.cross_entropy(model(features, lengths), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
     model.eval()
-    directory = tmp_path_factory.mktemp("checkpoint") / "best"
-    ckpt.save(directory, model, labels, config, FeatureConfig(), {"epoch": config.epochs}, shards=str(small_shards))
+    ckpt.save(directory, model, labels, config, FeatureConfig(), {"epoch": config.epochs}, shards=str(shards))
     return directory
 
 

@@ -1,16 +1,9 @@
-"""The endpoint's web page in headless Chromium (Debian's `chromium`, driven
-by Playwright through `executable_path`; no browser download): what a person
-sees after uploading or recording audio."""
-
-import shutil
+"""The endpoint's web page in headless Chromium (tests/e2e/chromium.py): what
+a person sees after uploading or recording audio."""
 
 import pytest
+from chromium import launch, open_page, sync_api
 from test_serve import classifier, deployed, german_wav, long_wav  # noqa: F401 (fixtures)
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
-if CHROMIUM is None:
-    pytest.skip("Debian's chromium is missing: apt-get install chromium (make test does)", allow_module_level=True)
 
 ANSWER_TIMEOUT_MS = 90_000
 
@@ -24,11 +17,7 @@ def endpoint(ray_session, small_bundle):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # root in a container has no sandbox; the fake devices stand in for a microphone.
-            args=["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],
-        )
+        chromium = launch(playwright)
         yield chromium
         chromium.close()
 
@@ -36,11 +25,7 @@ def browser():
 @pytest.fixture
 def page(browser, endpoint):
     context = browser.new_context()
-    context.grant_permissions(["microphone"], origin=endpoint.url)
-    page = context.new_page()
-    page.goto(f"{endpoint.url}/")
-    page.wait_for_function("document.getElementById('model').textContent.includes('knows')")
-    yield page
+    yield open_page(context, endpoint.url)
     context.close()
 
 

@@ -4,24 +4,19 @@ background clips (speech in languages outside the label set)."""
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from conftest import espeak_wav
+from conftest import espeak_wav, train_in_process
 from typer.testing import CliRunner
 
 from slc import audio
 from slc.apps.cli import app
-from slc.config import ExportConfig, FeatureConfig, ModelConfig, TrainConfig
+from slc.config import ExportConfig, FeatureConfig
 from slc.data.features import Fbank, extract
 from slc.data.shards import SHARD_SCHEMA, features_column, read_split
 from slc.labels import LabelSet
-from slc.training import checkpoint as ckpt
-from slc.training.batches import collate
 from slc.training.evaluation import evaluate
-from slc.training.model import LanguageClassifier
 
 # Languages of the background class per split: those of val and test are
 # never heard in training, as `slc ingest --background` splits them.
@@ -65,24 +60,8 @@ def background_shards(small_shards, tmp_path_factory):
 def background_checkpoint(background_shards, tmp_path_factory):
     """A 2-layer tiny classifier of de, en and `other`, trained in-process
     for a few seconds on `background_shards`."""
-    torch.manual_seed(0)
-    config = TrainConfig(model=ModelConfig.preset("tiny", encoder_layers=2), batch_size=8, max_frames=300, epochs=6)
-    labels = LabelSet(("de", "en", "other"))
-    model = LanguageClassifier.build(config.model, len(labels))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    table = read_split(str(background_shards), "train", columns=["lang", "n_frames", "features"])
-    rng = np.random.default_rng(0)
-    for _ in range(config.epochs):
-        for start in rng.permutation(np.arange(0, table.num_rows, config.batch_size)):
-            features, lengths, targets = collate(table.slice(start, config.batch_size), labels, config.max_frames, True, rng, config)
-            loss = torch.nn.functional.cross_entropy(model(features, lengths), targets)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
     directory = tmp_path_factory.mktemp("background_checkpoint") / "best"
-    ckpt.save(directory, model, labels, config, FeatureConfig(), {"epoch": config.epochs}, shards=str(background_shards))
-    return directory
+    return train_in_process(background_shards, LabelSet(("de", "en", "other")), epochs=6, directory=directory, shuffle=True)
 
 
 def _assert_report_files(out):
