@@ -261,7 +261,8 @@ def export(
 ) -> None:
     """Export a checkpoint to ONNX with optimised and quantized variants, each scored and timed."""
     with _training_extra("export"):
-        from slc.export.exporter import ExportError, export_bundle, variants_table
+        from slc.export.exporter import ExportError, export_bundle
+        from slc.export.selection import variants_table
 
     try:
         flags = {

@@ -14,7 +14,8 @@ from slc.runtime import bundle as bundles
 from slc.training import checkpoint as ckpt
 from slc.config import ExportConfig
 from slc.export import quantize
-from slc.export.exporter import ExportError, check_parity, choose_default, export_bundle, export_model
+from slc.export.exporter import ExportError, check_parity, export_bundle, export_model
+from slc.export.selection import choose_default
 from slc.data.features import Fbank
 from slc.runtime.classifier import Classifier
 
