@@ -109,6 +109,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=ServeConfig.threads, help="onnxruntime threads, replica and baseline")
     parser.add_argument("--max-batch-size", type=int, default=ServeConfig.max_batch_size)
     parser.add_argument("--batch-wait-timeout-s", type=float, default=ServeConfig.batch_wait_timeout_s)
+    parser.add_argument("--replicas", type=int, default=ServeConfig.num_replicas,
+                        help="replicas of the endpoint (the baseline stays one process)")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each measurement; the best counts")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
@@ -117,6 +119,7 @@ def main() -> None:
     config = ServeConfig(
         port=args.port or free_port(),
         threads=args.threads,
+        num_replicas=args.replicas,
         max_batch_size=args.max_batch_size,
         batch_wait_timeout_s=args.batch_wait_timeout_s,
         max_ongoing_requests=max(ServeConfig.max_ongoing_requests, args.max_batch_size, max(LEVELS)),
@@ -134,7 +137,7 @@ def main() -> None:
             rows.append((concurrency, total, total / seconds, np.percentile(latencies, 50), np.percentile(latencies, 99), errors))
     baseline = in_process_clips_per_s(args.bundle, config, wavs, max(args.requests, 4 * max(LEVELS)), args.rounds)
 
-    print(f"\n{CLIP_S:.0f} s clips; endpoint: 1 replica, {config.threads} onnxruntime thread(s), "
+    print(f"\n{CLIP_S:.0f} s clips; endpoint: {config.num_replicas} replica(s), {config.threads} onnxruntime thread(s), "
           f"max_batch_size {config.max_batch_size}, batch_wait_timeout_s {config.batch_wait_timeout_s}; "
           f"best of {args.rounds} rounds (errors: all rounds)\n")
     print(f"{'concurrency':>11}  {'requests':>8}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'errors':>6}  {'vs in-process':>13}")
