@@ -8,7 +8,8 @@
     GET  /readyz        the bundle is loaded and answers
     GET  /              a page to upload or record audio
 
-Requests are decoded in threads and classified together by `@serve.batch`;
+Requests are decoded in threads and classified together by `@serve.batch`
+(a request alone in its replica skips the batch queue and its wait);
 `max_batch_size` and `batch_wait_timeout_s` follow the deployment's
 `user_config`, so they change without a redeploy. Every error is JSON
 `{"error": <code>, "detail": <message naming the file and the reason>}`
@@ -179,6 +180,7 @@ class LanguageService:
         self.max_upload_bytes = int(self.config.max_upload_mb * 2**20)
         self.page = (resources.files("slc.apps") / "web" / "index.html").read_text(encoding="utf-8")
         self.batching = {name: getattr(self.config, name) for name in BATCHING}
+        self.active = 0  # classify requests between arrival and answer
         # One second of noise through the model: the replica is ready only
         # once the bundle answers, and the first request pays no warm-up.
         self.classifier.probabilities([np.random.default_rng(0).standard_normal(16_000).astype(np.float32) * 0.1])
@@ -246,9 +248,18 @@ class LanguageService:
         """Audio -> `language`, `confidence`, `probabilities` (highest first,
         `top_k` of them), `duration_s`, `segments` when asked, `model`."""
         options = Options(self._allowed(allow), min_confidence, segments)
-        body, name = await self._upload(request)
-        clip = await asyncio.to_thread(self._decode, body, name)
-        prediction = await self._classify(clip, options, name)
+        self.active += 1
+        try:
+            body, name = await self._upload(request)
+            clip = await asyncio.to_thread(self._decode, body, name)
+            if self.active == 1:
+                # Alone in the replica, a request has nobody to share a batch
+                # with: the batch queue's wait for batch-mates would only delay it.
+                (prediction,) = await asyncio.to_thread(self._classify_now, [clip], [options], [name])
+            else:
+                prediction = await self._classify(clip, options, name)
+        finally:
+            self.active -= 1
         if isinstance(prediction, ApiError):
             raise prediction
         record_classified(prediction.language, prediction.duration_s)

@@ -414,6 +414,29 @@ def test_user_config_changes_batching_without_restarting_the_replica(endpoint, g
     assert statuses == [200] * 10
 
 
+def _reconfigure(endpoint: Endpoint, batching: dict) -> None:
+    endpoint.deploy(batching)
+    deadline = time.monotonic() + 60
+    while endpoint.get("/readyz").json()["batching"] != batching:
+        assert time.monotonic() < deadline, "the batching settings never arrived"
+        time.sleep(0.3)
+
+
+def test_a_lone_request_does_not_wait_for_batch_mates_and_a_crowd_still_batches(endpoint, german_wav):
+    before = endpoint.get("/readyz").json()["batching"]
+    _reconfigure(endpoint, {"max_batch_size": 8, "batch_wait_timeout_s": 2.0})
+    try:
+        endpoint.upload(german_wav)  # warm
+        started = time.monotonic()
+        assert endpoint.upload(german_wav).status_code == 200
+        assert time.monotonic() - started < 1.0, "a lone request waited for batch-mates"
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(lambda _: endpoint.upload(german_wav).status_code, range(8)))
+        assert statuses == [200] * 8
+    finally:
+        _reconfigure(endpoint, before)
+
+
 # --- the local start-classify-stop path `slc serve --once` and `make demo` use ---
 
 
