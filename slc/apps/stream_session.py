@@ -178,8 +178,8 @@ class StreamSession:
         return self.received / self.start.sample_rate
 
     def feed(self, frame: bytes) -> list[Window]:
-        """A binary frame -> the windows it completes, `(start, end, clip)`
-        in samples at the model's rate. StreamClosed when the frame is not
+        """A binary frame -> the windows it completes (`Window`: samples at
+        the model's rate, and their features). StreamClosed when the frame is not
         whole samples in the stream's encoding, or the stream grows too long."""
         width = np.dtype(self.dtype).itemsize * self.start.channels
         if len(frame) % width:

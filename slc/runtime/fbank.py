@@ -100,9 +100,9 @@ class FrameCache:
         self.frames = np.zeros((0, config.num_mel_bins), dtype=np.float32)
 
     def window(self, samples: np.ndarray, offset: int, start: int, end: int) -> np.ndarray:
-        """The features (normalised unless the config says not) (`float32[frames, num_mel_bins]`) of the
-        recording's samples `[start, end)`; `samples` holds the recording from
-        sample `offset` on and covers the window."""
+        """The features (`clip_features`, `float32[frames, num_mel_bins]`) of
+        the recording's samples `[start, end)`; `samples` holds the recording
+        from sample `offset` on and covers the window."""
         hop, n = self.config.hop_length, num_frames(end - start, self.config)
         if start % hop:
             return clip_features(self.log_mel(samples[start - offset : end - offset]), self.config)
