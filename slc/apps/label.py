@@ -31,6 +31,7 @@ from slc import __version__, storage
 from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, settled, writer
 from slc.apps.label_pipeline import Labeller, choose_shape, label_batch, pipeline, read_batch
 from slc.batch import accounting
+from slc.batch.cluster import connect
 from slc.batch.inputs import list_inputs
 from slc.batch.progress import ProgressFn, relay
 from slc.batch.raydata import without_resource_reservation
@@ -71,13 +72,14 @@ def label(
     listed = {item["path"] for item in listing.items}
     done = settled(fs, root, listed, out) if resume else set()
     todo = [item for item in listing.items if item["path"] not in done]
+    connect()
     shape, why = choose_shape(config, classifier)
     log.info("labelling %d files (%d listed, %d labelled before); shape %s: %s", len(todo), len(listed), len(done), shape, why)
     if todo:
         sink = PartSink(fs, root, writer(config.format), config.format, config.rows_per_file, "path")
         with without_resource_reservation(), relay(_counting(progress, len(todo))) as report:
             pipeline(todo, listing.filesystems, str(bundle), config, shape, report).write_datasink(sink)
-    cores = ray.cluster_resources().get("CPU") if ray.is_initialized() else None
+    cores = ray.cluster_resources().get("CPU")
     this_run = {item["path"] for item in todo}
     outcome = read_parts(fs, root)
     summary = summarize(listed, outcome, this_run, time.perf_counter() - started, cores)

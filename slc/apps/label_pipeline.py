@@ -67,7 +67,7 @@ def choose_shape(config: LabelConfig, classifier: Classifier) -> tuple[str, str]
     if config.shape != "auto":
         return config.shape, f"--shape {config.shape}"
     model_mb = (classifier.path / classifier.manifest["variants"][classifier.variant]["file"]).stat().st_size / 1e6
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    gpus = ray.cluster_resources().get("GPU", 0)
     if gpus:
         return "pool", f"the cluster has {gpus:g} GPUs"
     if model_mb > config.fused_max_model_mb:

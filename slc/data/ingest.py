@@ -25,6 +25,7 @@ import ray
 from slc import config_io
 from slc import __version__, storage
 from slc.batch import accounting, inputs
+from slc.batch.cluster import connect
 from slc.batch.decode import decode_items
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.data import augment
@@ -56,6 +57,7 @@ def ingest(
     )
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
 
+    connect()
     sink = ShardSink(fs, root, config.rows_per_file)
     with without_resource_reservation(), relay(_counting(progress, len(found.clips))) as report:
         _featurize(found, config, report).write_datasink(sink)
