@@ -26,9 +26,11 @@ from fault_cluster import (
 from slc.apps.label import label, read_labels
 from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
 from slc.config import AugmentConfig, IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
+from slc.data.corpus import discover
 from slc.data.ingest import ingest
 from slc.data.shards import read_rejects, read_split
 from slc.training import checkpoint as ckpt
+from slc.runtime.classifier import Classifier
 from slc.training.loop import train
 
 SAYINGS = {
@@ -91,11 +93,15 @@ def _report(stage: str, kill, inputs: int, rows: list[str], wall_s: float) -> No
 # --- slc label -------------------------------------------------------------
 
 
-def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(fault_cluster, corpus, small_bundle, tmp_path):
+def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(
+    fault_cluster, corpus, speech, small_bundle, tmp_path
+):
     fault_cluster.top_up()
     config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2, shape="pool")
-    label([str(corpus)], small_bundle, str(tmp_path / "reference"), config)
-    reference = {r["path"]: (r["language"], r["error"]) for r in read_labels(tmp_path / "reference").to_pylist()}
+    # The answer of each recording, classified here; every copy of it must get that answer.
+    classifier = Classifier(small_bundle)
+    answers = {wav: classifier.classify(classifier.load_audio(wav)).language for _, wav in speech}
+    reference = {str(path): (answers[path.read_bytes()], None) for path in corpus.rglob("*.wav")}
     assert len(reference) == FILES
 
     out = tmp_path / "labels"
@@ -130,8 +136,11 @@ def test_ingest_keeps_every_clip_once_when_a_featurizing_node_dies(fault_cluster
     # Two augmented copies of each training clip: work enough that the run is
     # still featurizing when the kill comes (the bare clips take about a second).
     config = IngestConfig(clips_per_task=4, rows_per_file=8, augment=AugmentConfig(copies=2))
-    ingest(corpus, str(tmp_path / "reference"), config)
-    reference = _clip_ids(tmp_path / "reference")
+    # Every clip, and each training clip's copies (numbered after the clip itself).
+    found = discover(corpus, split=config.split)
+    reference = [c.id for c in found.clips] + [
+        f"{c.id}#aug{i}" for c in found.clips if c.split == "train" for i in range(1, config.augment.copies + 1)
+    ]
 
     out = tmp_path / "shards"
     started = time.monotonic()
@@ -208,7 +217,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
 # --- Serve ---------------------------------------------------------------
 
 
-LOAD_S, KILL_AT_S, CLIENTS = 30.0, 10.0, 8
+LOAD_S, KILL_AT_S, CLIENTS = 20.0, 6.0, 8
 
 
 def _post(session: requests.Session, url: str, body: bytes) -> dict:
