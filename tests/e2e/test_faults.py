@@ -217,7 +217,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
 # --- Serve ---------------------------------------------------------------
 
 
-LOAD_S, KILL_AT_S, CLIENTS = 20.0, 6.0, 8
+LOAD_S, KILL_AT_S, CLIENTS = 24.0, 10.0, 8
 
 
 def _post(session: requests.Session, url: str, body: bytes) -> dict:
