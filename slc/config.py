@@ -433,6 +433,9 @@ class LabelConfig:
     # the actors, leaving it to them alone: they must differ.
     cpus_per_actor: float = 1.0
     cpus_per_task: float = 0.5
+    # GPUs per classifier actor (pool shape), whose model then runs on CUDA;
+    # None: 1 when the cluster has GPUs, else 0.
+    gpus_per_actor: float | None = None
     files_per_task: int = 64  # at most, per task
     # Audio per task, estimated from file sizes: enough work to outweigh a
     # task's overhead, little enough to keep every core busy to the end.
@@ -457,6 +460,8 @@ class LabelConfig:
             raise ValueError(f"shape must be one of {list(self.SHAPES)}, got {self.shape!r}")
         if self.audio_s_per_task <= 0:
             raise ValueError(f"audio_s_per_task must be > 0, got {self.audio_s_per_task}")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise ValueError(f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
         if min(self.cpus_per_actor, self.cpus_per_task) <= 0 or self.cpus_per_actor == self.cpus_per_task:
             raise ValueError(
                 f"cpus_per_actor and cpus_per_task must be > 0 and differ, got {self.cpus_per_actor} and {self.cpus_per_task}"

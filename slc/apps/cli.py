@@ -428,6 +428,7 @@ def label(
     threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads per actor (pool) or task (fused).", cfg.LabelConfig, "threads"))] = None,
     cpus_per_actor: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per classifier actor.", cfg.LabelConfig, "cpus_per_actor"))] = None,
     cpus_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Logical CPUs per read task (decode + featurise); must differ from --cpus-per-actor.", cfg.LabelConfig, "cpus_per_task"))] = None,
+    gpus_per_actor: Annotated[Optional[float], typer.Option(help="GPUs per classifier actor (pool shape); the model then runs on CUDA (onnxruntime-gpu). (default: 1 when the cluster has GPUs, else 0)")] = None,
     files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Most files per task.", cfg.LabelConfig, "files_per_task"))] = None,
     audio_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Seconds of audio per task, estimated from file sizes.", cfg.LabelConfig, "audio_s_per_task"))] = None,
     shape: Annotated[Optional[str], typer.Option(help=options.with_default("fused (read, decode, featurise and classify in one task: small models on CPUs), pool (classify in an actor pool: GPUs, large models) or auto.", cfg.LabelConfig, "shape"))] = None,
@@ -444,6 +445,7 @@ def label(
             "variant": variant, "format": fmt, "top_k": top_k, "segments": segments, "allow": options.codes(allow),
             "min_confidence": min_confidence, "max_duration_s": max_duration, "concurrency": concurrency,
             "threads": threads, "cpus_per_actor": cpus_per_actor, "cpus_per_task": cpus_per_task,
+            "gpus_per_actor": gpus_per_actor,
             "files_per_task": files_per_task, "rows_per_file": rows_per_file, "truth_column": truth_column,
             "audio_s_per_task": audio_per_task, "shape": shape, "open_set": options.on_off(open_set, "--open-set"),
         }  # fmt: skip

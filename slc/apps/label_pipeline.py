@@ -75,27 +75,39 @@ def choose_shape(config: LabelConfig, classifier: Classifier) -> tuple[str, str]
     return "fused", f"the model is {model_mb:.1f} MB and the cluster has no GPUs"
 
 
+def gpus_per_actor(config: LabelConfig) -> float:
+    """`config.gpus_per_actor`, else 1 when the cluster has GPUs."""
+    if config.gpus_per_actor is not None:
+        return config.gpus_per_actor
+    return 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+
+
 def pipeline(
     items: list[dict[str, Any]], filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig, shape: str,
     report: Reporter | None = None,
 ):  # fmt: skip
     """The dataset of output rows (`output_schema`) for `items`, in `shape`;
-    `report(files=, audio_s=)` after each batch classified."""
+    `report(files=, audio_s=)` after each batch classified. The pool's
+    actors run the model on CUDA when they are given GPUs (`gpus_per_actor`)."""
     dataset = ray.data.from_arrow(task_blocks(items, filesystems, config))
     kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config}
+    gpus = gpus_per_actor(config)
     if shape == "fused":
         return dataset.map_batches(
             label_batch, fn_kwargs={**kwargs, "report": report}, batch_format="pyarrow", batch_size=None,
             num_cpus=config.threads,
         )  # fmt: skip
+    log.info("classifying in %d actors of %g CPU and %g GPU each", config.concurrency, config.cpus_per_actor, gpus)
     return dataset.map_batches(
         read_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None, num_cpus=config.cpus_per_task
     ).map_batches(
         Labeller,
-        fn_constructor_kwargs={"bundle": bundle, "config": config, "report": report},
+        fn_constructor_kwargs={"bundle": bundle, "config": config, "report": report, "device": "cuda" if gpus else "cpu"},
         compute=ray.data.ActorPoolStrategy(size=config.concurrency),
         batch_format="pyarrow",
+        batch_size=config.files_per_task,  # a read task's files (Ray Data wants a number where GPUs are asked for)
         num_cpus=config.cpus_per_actor,
+        num_gpus=gpus,
     )
 
 
@@ -253,9 +265,12 @@ class Labeller:
     traceback."""
 
     def __init__(
-        self, bundle: str, config: LabelConfig, report: Reporter | None = None, batch_size: int = 16
-    ) -> None:
-        self.classifier = Classifier(bundle, config.variant, config.threads, batch_size, open_set=config.open_set)
+        self, bundle: str, config: LabelConfig, report: Reporter | None = None, batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:  # fmt: skip
+        self.classifier = Classifier(
+            bundle, config.variant, config.threads, batch_size, open_set=config.open_set, device=device
+        )  # fmt: skip
         self.config = config
         self.allow = list(config.allow) or None
         self.report = report

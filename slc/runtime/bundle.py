@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterable
 from importlib import metadata
@@ -29,6 +30,9 @@ MANIFEST = "bundle.json"
 FEATURES_FILE = "features.onnx"
 LABELS_FILE = "labels.json"
 FP32 = "fp32"
+DEVICES = ("cpu", "cuda")
+
+log = logging.getLogger(__name__)
 
 
 class BundleError(ValueError):
@@ -111,12 +115,33 @@ def verify(directory: Path, manifest: dict[str, Any], names: Iterable[str]) -> N
         _intact[key] = expected
 
 
-def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    """An onnxruntime CPU session with explicit thread counts: ORT ignores
-    OMP_NUM_THREADS, and replicas sharing a node must not each take every core."""
+def session(path: Path, threads: int = 1, device: str = "cpu") -> ort.InferenceSession:
+    """An onnxruntime session on `device` (see `providers`) with explicit
+    thread counts: ORT ignores OMP_NUM_THREADS, and replicas sharing a node
+    must not each take every core."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: the fp16 and int8 graphs' cast warnings are expected
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=providers(device))
+
+
+def providers(device: str) -> list[str]:
+    """onnxruntime's execution providers for `device`, `cpu` or `cuda` (the
+    CPU provider behind CUDA takes the operators CUDA lacks). An onnxruntime
+    built without CUDA (the `onnxruntime` wheel; `onnxruntime-gpu` has it)
+    runs `cuda` on the CPU and says so, as onnxruntime itself does when
+    CUDA's libraries are missing."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {list(DEVICES)}, got {device!r}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        log.warning(
+            "a GPU was asked for, but this onnxruntime has no CUDA provider (it has %s): classifying on CPU; "
+            "install onnxruntime-gpu to use the GPU", ", ".join(available),
+        )  # fmt: skip
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -79,7 +79,8 @@ class Prediction:
 
 class Classifier:
     """A loaded bundle. `threads` is onnxruntime's intra-op thread count for
-    each session, set explicitly: ORT ignores OMP_NUM_THREADS. `verify`
+    each session, set explicitly: ORT ignores OMP_NUM_THREADS. `device`
+    (`cpu` or `cuda`) runs the model there; features are always numpy's. `verify`
     checks the files it loads against the bundle's sha256 (once per process
     for each file; see `bundle.verify`). `open_set` applies the bundle's
     calibration and `unknown` rule (slc.runtime.openset); off, every answer is
@@ -93,6 +94,7 @@ class Classifier:
         batch_size: int = 16,
         verify: bool = True,
         open_set: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.path = Path(bundle)
         manifest = bundles.read_manifest(self.path)
@@ -115,7 +117,7 @@ class Classifier:
         self.threads, self.batch_size = threads, batch_size
         self._log_mel = LogMel(self.feature_config)
         self._check_features(bundles.session(self.path / bundles.FEATURES_FILE, threads))
-        self._model = bundles.session(self.path / model_file, threads)
+        self._model = bundles.session(self.path / model_file, threads, device)
 
     def _check_features(self, graph: Any) -> None:
         """BundleError unless the numpy features equal those of the bundle's

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from slc.runtime import bundle as bundles
@@ -87,3 +88,19 @@ def test_a_feature_graph_that_disagrees_with_the_feature_settings_is_refused(cop
     (copy / "bundle.json").write_text(json.dumps(manifest))
     with pytest.raises(bundles.BundleError, match=r"features.onnx: its features differ from those of the bundle's feature settings"):
         Classifier(copy)
+
+
+def test_a_gpu_asked_of_an_onnxruntime_without_cuda_runs_on_cpu_and_says_so(small_bundle, caplog):
+    import onnxruntime
+
+    assert "CUDAExecutionProvider" not in onnxruntime.get_available_providers()  # the CPU wheel these tests run on
+    classifier = Classifier(small_bundle, device="cuda")
+    assert classifier._model.get_providers() == ["CPUExecutionProvider"]
+    assert "no CUDA provider" in caplog.text and "onnxruntime-gpu" in caplog.text
+    clip = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    assert classifier.classify(clip).language == Classifier(small_bundle).classify(clip).language
+
+
+def test_an_unknown_device_is_refused():
+    with pytest.raises(ValueError, match="device must be one of"):
+        bundles.providers("tpu")

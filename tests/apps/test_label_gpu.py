@@ -1,0 +1,62 @@
+"""`slc label` on a cluster with GPUs: the actor pool, one GPU per
+classifier actor, the model asked of onnxruntime's CUDA provider. A Ray node
+declaring a GPU stands in for one (no CUDA needed); the onnxruntime here has
+no CUDA provider, so the actors say so and classify on CPU."""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+from conftest import REPO, espeak_wav
+
+
+def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "de.wav").write_bytes(espeak_wav("Guten Morgen, der Zug fährt um acht Uhr.", "de"))
+    (clips / "en.wav").write_bytes(espeak_wav("Good morning, the train leaves at eight.", "en"))
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import ray
+        from slc.apps import label_pipeline
+        from slc.apps.label import label
+        from slc.config import LabelConfig
+
+        # Says what each classifier actor was given: its GPUs and its model's providers.
+        class Reporting(label_pipeline.Labeller):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                print("ACTOR " + json.dumps({"gpu_ids": ray.get_gpu_ids(), "device": kwargs.get("device"),
+                                             "providers": self.classifier._model.get_providers()}), flush=True)
+
+        label_pipeline.Labeller = Reporting  # defined here, so it travels to the actors by value
+
+        ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
+        try:
+            summary = label([sys.argv[2]], sys.argv[3], sys.argv[4], LabelConfig())
+            print("SUMMARY " + json.dumps({k: summary[k] for k in ("shape", "listed", "labelled")}))
+        finally:
+            ray.shutdown()
+        """
+    )
+    # A temp dir of its own keeps this Ray apart from the session's; short, as
+    # Ray's socket paths are limited to 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="slc-gpu-", dir="/tmp")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", script, temp_dir, str(clips), str(small_bundle), str(tmp_path / "labels")],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    summary = json.loads(output.split("SUMMARY ", 1)[1].splitlines()[0])
+    assert summary == {"shape": "pool", "listed": 2, "labelled": 2}
+    actor = json.loads(output.split("ACTOR ", 1)[1].splitlines()[0])
+    assert actor == {"gpu_ids": [0], "device": "cuda", "providers": ["CPUExecutionProvider"]}
+    assert "no CUDA provider" in output and "onnxruntime-gpu" in output
