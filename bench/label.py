@@ -70,7 +70,9 @@ def main() -> None:
             raise SystemExit(f"{path} does not exist: run `make demo` first, or pass --bundle and --corpus")
 
     with tempfile.TemporaryDirectory(prefix="slc-bench-label-") as scratch:
-        files, file_s = choose_files(args.corpus, Path(scratch), args.minutes * 60, args.long, args.long_minutes * 60)
+        # Absolute: a listing's relative paths are read from the listing's own folder.
+        corpus = args.corpus.resolve()
+        files, file_s = choose_files(corpus, Path(scratch), args.minutes * 60, args.long, args.long_minutes * 60)
         listing = Path(scratch) / "files.txt"
         listing.write_text("".join(f"{f}\n" for f in files))
         rounds = [one_round(listing, args.bundle, Path(scratch) / f"round{r}", files) for r in range(args.rounds)]
@@ -90,6 +92,8 @@ def one_round(listing: Path, bundle: Path, out: Path, files: list[str]) -> dict:
             shape = name.split(",")[0]
             config = LabelConfig(shape=shape)
             summaries[name] = label([str(listing)], bundle, str(out / name.replace(", ", "-")), config)
+            if summaries[name]["failed"]:
+                raise SystemExit(f"{name}: {summaries[name]['failed']} files failed {summaries[name]['errors_by_reason']}")
             walls[name] = summaries[name]["wall_s"] + (init_s if name.endswith("cold") else 0.0)
         cores = summaries[RUNS[0]]["cores"]
         labels = {r["path"]: r["language"] for r in read_labels(out / "fused-cold").to_pylist()}
