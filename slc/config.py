@@ -438,15 +438,19 @@ class LabelConfig:
     gpus_per_actor: float | None = None
     files_per_task: int = 64  # at most, per task
     # Audio per task, estimated from file sizes: enough work to outweigh a
-    # task's overhead, little enough to keep every core busy to the end.
-    audio_s_per_task: float = 120.0
+    # task's overhead (240 s is 0.2 s of the tiny model's work on a core; 120 s
+    # was 5% slower on bench/label.py), little enough to keep every core busy
+    # to the end.
+    audio_s_per_task: float = 240.0
     # "fused": read, decode, featurise and classify in one task (no object
     # store between them: for small models on CPUs); "pool": classify in an
     # actor pool of `concurrency` actors (GPUs, large models); "auto": pool
     # when the cluster has GPUs or the model file is over fused_max_model_mb.
     shape: str = "auto"
     fused_max_model_mb: float = 100.0
-    rows_per_file: int = 256  # output rows per part file: what an interrupted run keeps
+    # Most output rows per part file. Each task writes its rows as it finishes:
+    # what an interrupted run keeps.
+    rows_per_file: int = 256
     # A column (or field) of the inputs' corpus holding each clip's language:
     # the summary then says how often the labels agree with it.
     truth_column: str | None = None

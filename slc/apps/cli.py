@@ -432,7 +432,7 @@ def label(
     files_per_task: Annotated[Optional[int], typer.Option(help=options.with_default("Most files per task.", cfg.LabelConfig, "files_per_task"))] = None,
     audio_per_task: Annotated[Optional[float], typer.Option(help=options.with_default("Seconds of audio per task, estimated from file sizes.", cfg.LabelConfig, "audio_s_per_task"))] = None,
     shape: Annotated[Optional[str], typer.Option(help=options.with_default("fused (read, decode, featurise and classify in one task: small models on CPUs), pool (classify in an actor pool: GPUs, large models) or auto.", cfg.LabelConfig, "shape"))] = None,
-    rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Rows per output file: what an interrupted run keeps.", cfg.LabelConfig, "rows_per_file"))] = None,
+    rows_per_file: Annotated[Optional[int], typer.Option(help=options.with_default("Most rows per output file; each task writes its rows as it finishes.", cfg.LabelConfig, "rows_per_file"))] = None,
     truth_column: Annotated[Optional[str], typer.Option(help="Column (or field) of the inputs' dataset holding each clip's language: the summary says how often the labels agree with it.")] = None,
     resume: Annotated[bool, typer.Option(help="Skip the files OUT already has an answer for (same bundle and settings); retry those that failed for a transient reason (unreadable, failed).")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,

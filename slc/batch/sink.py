@@ -68,18 +68,15 @@ def remove_unfinished(fs: pafs.FileSystem, folder: str) -> None:
 
 class PartSink(Datasink[pa.Table | None]):
     """Ray Data sink: rows into parts of at most `rows_per_file` rows under
-    `root`. Subclasses choose the folder of each row (`folders`) and what
-    each write of rows returns to the driver (`returned`; None for a write of none)."""
+    `root`, each task's rows written as the task finishes. Subclasses choose
+    the folder of each row (`folders`) and what each write of rows returns to
+    the driver (`returned`; None for a write of none)."""
 
     def __init__(
         self, filesystem: pafs.FileSystem, root: str, writer: Writer, suffix: str, rows_per_file: int, id_column: str
     ) -> None:
         self.filesystem, self.root, self.rows_per_file = filesystem, root, rows_per_file
         self.writer, self.suffix, self.id_column = writer, suffix, id_column
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
 
     def write(self, blocks, ctx) -> pa.Table | None:
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]

@@ -74,6 +74,12 @@ class ShardSink(PartSink):
         super().__init__(filesystem, root, pq.write_table, "parquet", rows_per_file, "id")
         self.outcomes = CLIP_OUTCOME_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features")).empty_table()
 
+    @property
+    def min_rows_per_write(self) -> int:
+        """Ray Data gathers the featurizing tasks' rows up to `rows_per_file`
+        per write, in one task: fewer, larger shard files for training to read."""
+        return self.rows_per_file
+
     def folders(self, table: pa.Table) -> list[tuple[str, pa.Table]]:
         """Accepted rows, in SHARD_SCHEMA, under the folder of their split."""
         accepted = table.filter(pc.is_null(table["reason"])).select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)

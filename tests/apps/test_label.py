@@ -435,3 +435,18 @@ def test_tasks_take_files_by_estimated_seconds_each_file_once_in_order(tmp_path)
     blocks = task_blocks(listing.items, listing.filesystems, LabelConfig(audio_s_per_task=60, files_per_task=2))
     names = [[Path(p).name for p in block["path"].to_pylist()] for block in blocks]
     assert names == [["0.wav", "1.wav"], ["2.wav"], ["3.wav", "4.wav"], ["5.wav"], ["6.wav"]]
+
+
+def test_each_task_writes_its_rows_when_it_finishes(speech, small_bundle, tmp_path):
+    """Tasks are not gathered into fewer, larger ones to fill `rows_per_file`:
+    a small job still runs on every core, and an interrupted one keeps every
+    task it finished."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in range(12):
+        (root / f"{n:02d}.wav").write_bytes(speech["de"][n % 2])
+    out = tmp_path / "out"
+    summary = label([str(root)], small_bundle, str(out), LabelConfig(files_per_task=2, shape="fused"))
+    parts = sorted(out.glob("part-*.parquet"))
+    assert summary["labelled"] == 12
+    assert sorted(pq.read_table(p).num_rows for p in parts) == [2] * 6
