@@ -3,7 +3,8 @@
     fused: read, decode, featurise and classify in one task per batch of
            files, on the Classifier its worker process keeps loaded
     pool:  read, decode, featurise (tasks) -> features through the object
-           store -> classify (an actor pool of Classifiers)
+           store -> classify (an actor pool of Classifiers, each with a GPU
+           and onnxruntime's CUDA provider where the cluster has GPUs)
 
 For a small model on CPUs, moving features through the object store costs
 more than the model does: `fused` is the shape for it. `pool` pays when the
