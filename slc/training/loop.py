@@ -71,7 +71,9 @@ def train(
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
     ingest_config = config_io.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
     fs, root = _prepare_run_dir(out, overwrite, resume)
-    connect()
+    # With the dashboard: Ray Train's placement-group cleaner asks its state
+    # API whether the controller lives, and without it warns every second.
+    connect(dashboard=True)
     scaling_config, device = placement.scaling(config, ray.cluster_resources())
     # First in the job log: a run meant for GPUs must not train on CPU unnoticed.
     (log.info if scaling_config.use_gpu or config.use_gpu is False else log.warning)("%s", device)
