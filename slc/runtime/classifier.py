@@ -80,7 +80,8 @@ class Prediction:
 class Classifier:
     """A loaded bundle. `threads` is onnxruntime's intra-op thread count for
     each session, set explicitly: ORT ignores OMP_NUM_THREADS. `device`
-    (`cpu` or `cuda`) runs the model there; features are always numpy's. `verify`
+    (`cpu` or `cuda`) runs the model there, and `self.device` is where it
+    runs (`cpu` when onnxruntime has no CUDA); features are always numpy's. `verify`
     checks the files it loads against the bundle's sha256 (once per process
     for each file; see `bundle.verify`). `open_set` applies the bundle's
     calibration and `unknown` rule (slc.runtime.openset); off, every answer is
@@ -118,6 +119,8 @@ class Classifier:
         self._log_mel = LogMel(self.feature_config)
         self._check_features(bundles.session(self.path / bundles.FEATURES_FILE, threads))
         self._model = bundles.session(self.path / model_file, threads, device)
+        # Where the model runs: `cuda` only when onnxruntime gave it the CUDA provider.
+        self.device = "cuda" if "CUDAExecutionProvider" in self._model.get_providers() else "cpu"
 
     def _check_features(self, graph: Any) -> None:
         """BundleError unless the numpy features equal those of the bundle's

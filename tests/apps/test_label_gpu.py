@@ -26,12 +26,12 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tm
         from slc.apps.label import label
         from slc.config import LabelConfig
 
-        # Says what each classifier actor was given: its GPUs and its model's providers.
+        # Says what each classifier actor was given (its GPUs, the device asked for) and where its model runs.
         class Reporting(label_pipeline.Labeller):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                print("ACTOR " + json.dumps({"gpu_ids": ray.get_gpu_ids(), "device": kwargs.get("device"),
-                                             "providers": self.classifier._model.get_providers()}), flush=True)
+                print("ACTOR " + json.dumps({"gpu_ids": ray.get_gpu_ids(), "asked": kwargs.get("device"),
+                                             "runs_on": self.classifier.device}), flush=True)
 
         label_pipeline.Labeller = Reporting  # defined here, so it travels to the actors by value
 
@@ -58,5 +58,5 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tm
     summary = json.loads(output.split("SUMMARY ", 1)[1].splitlines()[0])
     assert summary == {"shape": "pool", "listed": 2, "labelled": 2}
     actor = json.loads(output.split("ACTOR ", 1)[1].splitlines()[0])
-    assert actor == {"gpu_ids": [0], "device": "cuda", "providers": ["CPUExecutionProvider"]}
+    assert actor == {"gpu_ids": [0], "asked": "cuda", "runs_on": "cpu"}
     assert "no CUDA provider" in output and "onnxruntime-gpu" in output
