@@ -92,12 +92,12 @@ def pipeline(
     actors run the model on CUDA when they are given GPUs (`gpus_per_actor`)."""
     dataset = ray.data.from_arrow(task_blocks(items, filesystems, config))
     kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config}
-    gpus = gpus_per_actor(config)
     if shape == "fused":
         return dataset.map_batches(
             label_batch, fn_kwargs={**kwargs, "report": report}, batch_format="pyarrow", batch_size=None,
             num_cpus=config.threads,
         )  # fmt: skip
+    gpus = gpus_per_actor(config)
     log.info("classifying in %d actors of %g CPU and %g GPU each", config.concurrency, config.cpus_per_actor, gpus)
     return dataset.map_batches(
         read_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None, num_cpus=config.cpus_per_task
