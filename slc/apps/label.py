@@ -31,7 +31,7 @@ from slc import __version__, storage
 from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, settled, writer
 from slc.apps.label_pipeline import Labeller, choose_shape, label_batch, pipeline, read_batch
 from slc.batch import accounting
-from slc.batch.cluster import connect
+from slc.batch.cluster import check_address, connect
 from slc.batch.inputs import list_inputs
 from slc.batch.progress import ProgressFn, relay
 from slc.batch.raydata import without_resource_reservation
@@ -67,6 +67,7 @@ def label(
     bundle = Path(bundle).expanduser().resolve()  # workers may run in another directory
     classifier = Classifier(bundle, config.variant, config.threads, open_set=config.open_set)  # a bad bundle or variant fails here, not in a worker
     settings = {"bundle": classifier.info, "config": config_io.to_dict(config)}
+    check_address()
     fs, root = open_output(out, settings, resume, overwrite)
     listing = list_inputs(inputs, lang_column=config.truth_column)
     listed = {item["path"] for item in listing.items}

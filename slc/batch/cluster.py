@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
+
 import ray
+
+# RAY_ADDRESS as host:port of a cluster's GCS (not `auto`, `local` or a ray:// client address).
+_GCS_ADDRESS = re.compile(r"^(?P<host>[\w.-]+):(?P<port>\d+)$")
+
+
+def check_address() -> None:
+    """ConnectionError when RAY_ADDRESS names a port nothing listens on: Ray
+    itself would retry for minutes. Cheap, so commands run it before they
+    write any output."""
+    address = os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized() or not (match := _GCS_ADDRESS.match(address)):
+        return
+    try:
+        socket.create_connection((match["host"], int(match["port"])), timeout=5).close()
+    except OSError as error:
+        raise ConnectionError(
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({error.strerror or error}); "
+            "start one with `ray start --head`, or unset RAY_ADDRESS to run on a Ray of this command's own"
+        ) from None
 
 
 def connect(dashboard: bool = False) -> None:
     """Join the Ray cluster this process belongs to (a `ray job submit`,
-    RAY_ADDRESS, a `ray start` on this machine), else start one here.
+    RAY_ADDRESS, a `ray start` on this machine), else start one here
+    (see `check_address` for an address nothing answers at).
 
     One started here has the dashboard only when asked for: its processes
     cost about a second of every start on a small machine and a share of
     its cores while the job runs, and slc shows its own progress. Run
     `ray start --head` first to have one."""
-    if not ray.is_initialized():
-        ray.init(include_dashboard=dashboard)
+    if ray.is_initialized():
+        return
+    check_address()
+    ray.init(include_dashboard=dashboard)

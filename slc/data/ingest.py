@@ -25,7 +25,7 @@ import ray
 from slc import config_io
 from slc import __version__, storage
 from slc.batch import accounting, inputs
-from slc.batch.cluster import connect
+from slc.batch.cluster import check_address, connect
 from slc.batch.decode import decode_items
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.data import augment
@@ -50,6 +50,7 @@ def ingest(
     `progress(clips done, clips discovered)` follows the featurizing tasks.
     """
     started = time.perf_counter()
+    check_address()
     fs, root = storage.prepare_output(out, overwrite)
     labels = LabelSet.parse(config.labels) if config.labels else None
     found = discover(

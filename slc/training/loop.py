@@ -35,7 +35,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from slc import config_io
 from slc import storage
-from slc.batch.cluster import connect
+from slc.batch.cluster import check_address, connect
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.training import checkpoint as ckpt, placement
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
@@ -70,6 +70,7 @@ def train(
     shards_fs, shards_root = storage.resolve(shards)
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
     ingest_config = config_io.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
+    check_address()
     fs, root = _prepare_run_dir(out, overwrite, resume)
     # With the dashboard: Ray Train's placement-group cleaner asks its state
     # API whether the controller lives, and without it warns every second.

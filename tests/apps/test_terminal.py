@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,16 @@ def test_train_prints_each_epoch_line_once_and_keeps_metric_dicts_in_the_log(sma
     assert "Started a local Ray instance" in log and "metrics={" in log
     # Ray Train's placement-group cleaner polls the dashboard's state API every second.
     assert "State API may be temporarily unavailable" not in log
+
+
+def test_a_ray_address_nothing_answers_at_is_an_error_naming_it(corpus, tmp_path):
+    """At once: Ray itself would retry for minutes."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{free.getsockname()[1]}"
+    env = {**os.environ, "RAY_ADDRESS": address}
+    command = [sys.executable, "-m", "slc.apps.cli", "ingest", str(corpus), str(tmp_path / "out")]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"error: RAY_ADDRESS={address}: no Ray cluster answers there" in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing made: the same command runs once the cluster is up
