@@ -83,6 +83,7 @@ bench: setup $(TINY)/bundle/bundle.json
 	$(PY) bench/featurize.py
 	$(PY) bench/train.py
 	$(PY) bench/inference.py --checkpoint $(TINY)/run/best --bundle $(TINY)/bundle
+	$(PY) bench/inference.py --preset base --rounds 3 --repeats 3
 	$(PY) bench/predict.py --bundle $(TINY)/bundle --clips $(TINY)/corpus
 	$(PY) bench/serve.py --bundle $(TINY)/bundle --clips $(TINY)/corpus
 	$(PY) bench/label.py --bundle $(TINY)/bundle --corpus $(TINY)/corpus

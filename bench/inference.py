@@ -7,7 +7,10 @@
 - file sizes.
 
 Run after `make demo` (or pass your own): `python bench/inference.py
-[--checkpoint demo-output/run/best] [--bundle demo-output/bundle]`.
+[--checkpoint demo-output/run/best] [--bundle demo-output/bundle]`, or
+`python bench/inference.py --preset base` for a random-weight model of a
+preset, exported and quantized here (calibrated on random features: its
+speed is the model's, its accuracy means nothing).
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from slc.training import checkpoint as ckpt
+from slc.config import ModelConfig
+from slc.export.exporter import export_model
+from slc.export.quantize import p50_ms, paired_speedups, quantize_all
 from slc.runtime.bundle import FP32, session
-from slc.export.quantize import p50_ms, paired_speedups
+from slc.training import checkpoint as ckpt
+from slc.training.model import LanguageClassifier
 
 FRAMES_4S = 398  # Kaldi frames of a 4 s clip at 16 kHz
 TORCH = "PyTorch eager"
@@ -37,18 +44,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("demo-output/run/best"))
     parser.add_argument("--bundle", type=Path, default=Path("demo-output/bundle"))
+    parser.add_argument("--preset", help="a random-weight model of this preset instead of --checkpoint and --bundle")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds; ratios are their median")
     args = parser.parse_args()
-    for path in (args.checkpoint, args.bundle):
-        if not path.is_dir():
-            raise SystemExit(f"{path} does not exist: run `make demo` first, or pass --checkpoint and --bundle")
     torch.set_num_threads(1)
-    model, labels, _, _ = ckpt.load(args.checkpoint)
-    model.eval()
-    info = json.loads((args.bundle / "bundle.json").read_text())
-    variants = {name: v for name, v in info["variants"].items() if "file" in v and "error" not in v}
+    with tempfile.TemporaryDirectory(prefix="slc-bench-inference-") as scratch:
+        if args.preset:
+            model, files = random_model(args.preset, Path(scratch))
+        else:
+            for path in (args.checkpoint, args.bundle):
+                if not path.is_dir():
+                    raise SystemExit(f"{path} does not exist: run `make demo` first, or pass --checkpoint and --bundle")
+            model, _, _, _ = ckpt.load(args.checkpoint)
+            info = json.loads((args.bundle / "bundle.json").read_text())
+            files = {name: args.bundle / v["file"] for name, v in info["variants"].items() if "file" in v and "error" not in v}
+        model.eval()
+        compare(model, files, args.rounds, args.repeats, args.preset or str(args.bundle))
 
+
+def random_model(preset: str, directory: Path) -> tuple[LanguageClassifier, dict[str, Path]]:
+    """A random-weight model of `preset` for 4 languages, its fp32 export and
+    the quantized variants `slc export` makes, calibrated on random features."""
+    torch.manual_seed(0)
+    model = LanguageClassifier(ModelConfig.preset(preset), num_labels=4).eval()
+    print(f"exporting and quantizing a random-weight {preset!r} model", flush=True)
+    files = {FP32: export_model(model, directory / "model.onnx")}
+    rng = np.random.default_rng(0)
+    calibration = [(rng.standard_normal((4, FRAMES_4S, 80), dtype=np.float32), np.full(4, FRAMES_4S, dtype=np.int64))
+                   for _ in range(4)]
+    made = quantize_all(files[FP32], directory, calibration)
+    files.update({name: path for name, path in made.items() if isinstance(path, Path)})
+    return model, files
+
+
+def compare(model: LanguageClassifier, files: dict[str, Path], rounds: int, repeats: int, title: str) -> None:
+    """PyTorch eager and every variant in `files` against fp32, printed."""
     rng = np.random.default_rng(0)
     rows = []
     for batch in (1, 16):
@@ -61,29 +92,34 @@ def main() -> None:
             with torch.inference_mode():
                 torch.softmax(model(features_t, lengths_t), -1)
 
-        runs = {name: (lambda s=session(args.bundle / v["file"], threads=1): s.run(None, inputs))
-                for name, v in variants.items()}
+        runs = {name: (lambda s=session(path, threads=1): s.run(None, inputs)) for name, path in files.items()}
         # Ratios from rounds timed in alternation with fp32: load from
         # elsewhere on the machine slows both sides of a pair alike.
-        speedups = paired_speedups({**runs, TORCH: torch_run}, args.rounds, args.repeats)
-        fp32_ms = p50_ms(runs[FP32], args.repeats)
+        speedups = paired_speedups({**runs, TORCH: torch_run}, rounds, repeats)
+        fp32_ms = p50_ms(runs[FP32], repeats)
         timings = {name: fp32_ms / speedups[name] for name in runs}
         rows.append((batch, fp32_ms / speedups[TORCH], timings))
 
-    print(f"\n4 s clips ({FRAMES_4S} frames), one thread; ms: p50 of {args.repeats} runs; "
-          f"ratios: median of {args.rounds} rounds each timed against fp32; {len(labels)} labels\n")
-    names = list(variants)
+    print(f"\n{title}: 4 s clips ({FRAMES_4S} frames), one thread; ms: p50 of {repeats} runs; "
+          f"ratios: median of {rounds} rounds each timed against fp32\n")
+    names = list(files)
     print(f"{'batch':>5}  {'torch ms':>9}  " + "  ".join(f"{n:>14}" for n in names))
     for batch, torch_ms, timings in rows:
         print(f"{batch:>5}  {torch_ms:>9.2f}  " + "  ".join(f"{timings[n]:>11.2f} ms" for n in names))
     print(f"\n{'variant':<14}  {'size MB':>8}  {'vs torch b1':>11}  {'vs torch b16':>12}  {'vs fp32 b1':>10}  {'vs fp32 b16':>11}")
     for name in names:
-        size = (args.bundle / variants[name]["file"]).stat().st_size / 1e6
+        size = files[name].stat().st_size / 1e6
         vs_torch = [torch_ms / timings[name] for _, torch_ms, timings in rows]
         vs_fp32 = [timings["fp32"] / timings[name] for _, _, timings in rows]
         print(f"{name:<14}  {size:>8.2f}  {vs_torch[0]:>10.2f}x  {vs_torch[1]:>11.2f}x  {vs_fp32[0]:>9.2f}x  {vs_fp32[1]:>10.2f}x")
     fp32 = [torch_ms / timings["fp32"] for _, torch_ms, timings in rows]
     print(f"\nORT fp32 vs PyTorch eager: {fp32[0]:.2f}x at batch 1, {fp32[1]:.2f}x at batch 16 (targets >= 2.5x and >= 2x)")
+    int8 = [name for name in names if name.startswith("int8")]
+    if int8:
+        best = max(int8, key=lambda name: min(timings["fp32"] / timings[name] for _, _, timings in rows))
+        vs_fp32 = [timings["fp32"] / timings[best] for _, _, timings in rows]
+        print(f"fastest int8 ({best}) vs fp32: {vs_fp32[0]:.2f}x at batch 1, {vs_fp32[1]:.2f}x at batch 16 "
+              "(target on `base`: >= 1.5x)")
 
 
 if __name__ == "__main__":

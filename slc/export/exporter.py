@@ -55,6 +55,7 @@ OPTIMISED = {  # variant -> ORT graph optimisation level, applied offline
 PARITY_FRAMES = (98, 398, 2998)
 PARITY_BATCHES = ((398,), (98, 398, 2998), (98, 398, 2998, 98, 2998, 398, 98, 2998))
 FRAMES_4S = 398
+TORCH = "PyTorch eager"  # timed against fp32 with the variants, for their speed-up over it
 # The default variant is chosen on val; test is only reported, so its figures stay unbiased.
 SCORED_SPLITS = ("val", "test")
 
@@ -250,10 +251,9 @@ def _build(
         else:
             log.info("scoring %s on %d val and %d test clips", name, clips["val"], clips["test"])
             variants[name] = quantize.measure(made, splits, labels, clip_4s, config.latency_repeats)
-            variants[name]["speedup_vs_torch"] = round(torch_ms / variants[name]["p50_ms"], 2)
         if progress is not None:
             progress(done, len(files), variant=name)
-    _time_against_fp32(variants, out, clip_4s, config)
+    _time_against_fp32(variants, out, clip_4s, config, model)
     default = choose_default(variants, config)
     open_set = _fit_open_set(out / variants[default]["file"], splits["val"], labels, config.target_miss)
     log.info("open set: temperature %.3f, threshold %.4f (%.0f%% of in-set val clips rejected)",
@@ -327,24 +327,44 @@ def _torch_latency(model: LanguageClassifier, clip: quantize.Batch, repeats: int
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        features, lengths = torch.from_numpy(clip[0]), torch.from_numpy(clip[1])
-        with torch.inference_mode():
-            return quantize.p50_ms(lambda: torch.softmax(model(features, lengths), -1), repeats)
+        return quantize.p50_ms(_torch_forward(model, clip), repeats)
     finally:
         torch.set_num_threads(threads)
 
 
+def _torch_forward(model: LanguageClassifier, clip: quantize.Batch) -> Callable[[], object]:
+    """One PyTorch eager forward pass of `model` over `clip`."""
+    features, lengths = torch.from_numpy(clip[0]), torch.from_numpy(clip[1])
+
+    def forward() -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(model(features, lengths), -1)
+
+    return forward
+
+
 def _time_against_fp32(
-    variants: dict[str, dict[str, Any]], directory: Path, clip: quantize.Batch, config: ExportConfig
-) -> None:
-    """Add `speedup_vs_fp32` to each variant made: paired timings on `clip`,
-    one thread, the median of `config.timing_rounds` rounds."""
+    variants: dict[str, dict[str, Any]], directory: Path, clip: quantize.Batch, config: ExportConfig,
+    model: LanguageClassifier,
+) -> None:  # fmt: skip
+    """Add `speedup_vs_fp32` and `speedup_vs_torch` to each variant made:
+    paired timings on `clip`, one thread, the median of
+    `config.timing_rounds` rounds; PyTorch eager is timed against fp32 too."""
     inputs = {"features": clip[0], "frame_lengths": clip[1]}
     runs = {name: _forward(directory / v["file"], inputs) for name, v in variants.items() if "file" in v}
+    runs[TORCH] = _torch_forward(model, clip)
     repeats = max(3, config.latency_repeats // config.timing_rounds)
-    log.info("timing %d variants against fp32: %d rounds", len(runs) - 1, config.timing_rounds)
-    for name, speedup in quantize.paired_speedups(runs, config.timing_rounds, repeats).items():
+    log.info("timing %d variants and PyTorch against fp32: %d rounds", len(runs) - 2, config.timing_rounds)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        speedups = quantize.paired_speedups(runs, config.timing_rounds, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    torch_speedup = speedups.pop(TORCH)
+    for name, speedup in speedups.items():
         variants[name]["speedup_vs_fp32"] = speedup
+        variants[name]["speedup_vs_torch"] = round(speedup / torch_speedup, 2)
 
 
 def _forward(path: Path, inputs: dict[str, np.ndarray]) -> Callable[[], object]:

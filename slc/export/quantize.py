@@ -2,10 +2,18 @@
 
 Variants (onnxruntime.quantization and onnxruntime's fp16 converter):
 
-    int8-dynamic   weights int8, activations quantized at run time, every op type ORT supports
-    int8-static    QDQ int8 on every op type, activations calibrated on validation clips
-    int8-matmul    QDQ int8 on MatMul only, per channel, calibrated likewise
+    int8-dynamic   MatMul weights int8 per channel, activations quantized at run time
+    int8-static    QDQ on every op type: weights int8 per channel, activations
+                   uint8 calibrated on validation clips
+    int8-matmul    the same on MatMul only
     fp16           float16 weights and arithmetic, float32 inputs and outputs
+
+The int8 choices are what runs fast on x86 (`bench/inference.py`, README):
+uint8 activations times int8 weights is the product onnxruntime's x86
+kernels are built for (int8 activations ran 1.5-2x slower), and dynamic
+quantization leaves Conv in float, where ConvInteger is slower than float.
+On an x86 CPU without VNNI, uint8 x int8 sums can saturate: the F1 columns
+are measured on the exporting machine, so export where the model will run.
 
 Each variant, and the fp32 graph it came from, is scored on the validation
 and test clips (macro F1, IoU) and timed on one 4 s clip on one thread, alone
@@ -59,7 +67,9 @@ def quantize_all(fp32: Path, directory: Path, calibration: list[Batch]) -> dict[
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         builders: dict[str, Callable[[Path], None]] = {
-            "int8-dynamic": lambda out: quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8),
+            "int8-dynamic": lambda out: quantize_dynamic(
+                str(prepared), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True
+            ),
             "int8-static": lambda out: _static(prepared, out, calibration, op_types=None),
             "int8-matmul": lambda out: _static(prepared, out, calibration, op_types=["MatMul"]),
             "fp16": lambda out: _fp16(fp32, out),
@@ -91,7 +101,7 @@ def _static(prepared: Path, out: Path, calibration: list[Batch], op_types: list[
         op_types_to_quantize=op_types,
         nodes_to_exclude=softmax,
         per_channel=True,
-        activation_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
 

@@ -34,7 +34,7 @@ def variants_table(manifest: dict[str, Any]) -> str:
     """Markdown table of the variants: val macro F1 (what the default is chosen
     on), test macro F1 and IoU (what is reported), size, latency, verdict."""
     rows = [
-        "| variant | val F1 | test F1 | test IoU | size MB | p50 ms (4 s, 1 thread) | vs PyTorch | vs fp32 (paired) | status |",
+        "| variant | val F1 | test F1 | test IoU | size MB | p50 ms (4 s, 1 thread) | vs PyTorch (paired) | vs fp32 (paired) | status |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, v in manifest["variants"].items():
