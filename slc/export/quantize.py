@@ -3,15 +3,17 @@
 Variants (onnxruntime.quantization and onnxruntime's fp16 converter):
 
     int8-dynamic   MatMul weights int8 per channel, activations quantized at run time
-    int8-static    QDQ on every op type: weights int8 per channel, activations
+    int8-static    QDQ on MatMul and Conv: weights int8 per channel, activations
                    uint8 calibrated on validation clips
     int8-matmul    the same on MatMul only
     fp16           float16 weights and arithmetic, float32 inputs and outputs
 
 The int8 choices are what runs fast on x86 (`bench/inference.py`, README):
 uint8 activations times int8 weights is the product onnxruntime's x86
-kernels are built for (int8 activations ran 1.5-2x slower), and dynamic
-quantization leaves Conv in float, where ConvInteger is slower than float.
+kernels are built for (int8 activations ran 1.5-2x slower); dynamic
+quantization leaves Conv in float, where ConvInteger is slower than float;
+static quantization of the other op types quantized the attention mask too,
+so a clip's answer depended on what it was batched with (`batch_drift`).
 On an x86 CPU without VNNI, uint8 x int8 sums can saturate: the F1 columns
 are measured on the exporting machine, so export where the model will run.
 
@@ -70,7 +72,7 @@ def quantize_all(fp32: Path, directory: Path, calibration: list[Batch]) -> dict[
             "int8-dynamic": lambda out: quantize_dynamic(
                 str(prepared), str(out), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True
             ),
-            "int8-static": lambda out: _static(prepared, out, calibration, op_types=None),
+            "int8-static": lambda out: _static(prepared, out, calibration, op_types=["MatMul", "Conv"]),
             "int8-matmul": lambda out: _static(prepared, out, calibration, op_types=["MatMul"]),
             "fp16": lambda out: _fp16(fp32, out),
         }
@@ -88,18 +90,13 @@ def quantize_all(fp32: Path, directory: Path, calibration: list[Batch]) -> dict[
     return made
 
 
-def _static(prepared: Path, out: Path, calibration: list[Batch], op_types: list[str] | None) -> None:
-    # The output softmax stays float: 8-bit probabilities would not sum to 1.
-    graph = onnx.load(str(prepared), load_external_data=False).graph
-    outputs = {o.name for o in graph.output}
-    softmax = [n.name for n in graph.node if n.op_type == "Softmax" and outputs & set(n.output)]
+def _static(prepared: Path, out: Path, calibration: list[Batch], op_types: list[str]) -> None:
     quantize_static(
         str(prepared),
         str(out),
         _Batches(calibration),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=op_types,
-        nodes_to_exclude=softmax,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
@@ -137,17 +134,35 @@ def measure(
     repeats: int,
 ) -> dict[str, Any]:
     """One variant's row of the manifest: macro F1, IoU and accuracy on each of
-    `splits` (name -> labelled batches) as `{split}_macro_f1` etc., size, and
-    the p50 latency of `clip_4s` on one thread."""
+    `splits` (name -> labelled batches) as `{split}_macro_f1` etc., its
+    `batch_drift` on val clips, size, and the p50 latency of `clip_4s` on
+    one thread."""
     session = bundles.session(path, threads=1)  # one thread: the latency column's terms
     row: dict[str, Any] = {"file": path.name}
     for split, batches in splits.items():
         metrics = score(session, batches, labels)
         row.update({f"{split}_macro_f1": metrics["macro"]["f1"], f"{split}_iou": metrics["macro"]["iou"],
                     f"{split}_accuracy": metrics["accuracy"]})  # fmt: skip
+    row["batch_drift"] = batch_drift(session, splits["val"])
     row["size_mb"] = round(size_mb(path), 3)
     row["p50_ms"] = round(latency_ms(session, clip_4s, repeats), 3)
     return row
+
+
+def batch_drift(model: ort.InferenceSession, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """Largest |p| difference between clips classified alone and together,
+    padded to the longest: the shortest, the longest and two between of the
+    (length-sorted) `batches`. Masking makes it ~1e-7 in float; activations
+    quantized with one scale for a whole batch, or a quantized attention
+    mask, make a clip's answer depend on what it is batched with."""
+    clips = [(f[i, :n], n) for f, lengths, _ in batches for i, n in enumerate(lengths)]
+    chosen = [clips[i] for i in sorted({0, len(clips) // 3, 2 * len(clips) // 3, len(clips) - 1})]
+    alone = [model.run(None, {"features": f[None], "frame_lengths": np.array([n])})[0][0] for f, n in chosen]
+    features = np.zeros((len(chosen), max(n for _, n in chosen), chosen[0][0].shape[-1]), dtype=np.float32)
+    for row, (f, n) in zip(features, chosen):
+        row[:n] = f
+    (together,) = model.run(None, {"features": features, "frame_lengths": np.array([n for _, n in chosen])})
+    return float(np.abs(together - np.stack(alone)).max())
 
 
 def p50_ms(run: Callable[[], object], repeats: int, warmup: int = 3) -> float:

@@ -12,8 +12,10 @@ from slc.runtime import bundle as bundles
 def choose_default(variants: dict[str, dict[str, Any]], config: ExportConfig) -> str:
     """On validation macro F1 (`val_macro_f1`): mark variants losing more than
     `max_f1_loss` against fp32 as rejected; the default is the fastest (by
-    `speedup_vs_fp32`, paired timings) within `default_f1_margin` of fp32,
-    and fp32 unless that is at least `min_speedup`. Test scores play no part."""
+    `speedup_vs_fp32`, paired timings) within `default_f1_margin` of fp32
+    whose answers do not depend on the batch (`batch_drift` within
+    `parity_tolerance`), and fp32 unless that is at least `min_speedup`.
+    Test scores play no part."""
     reference = variants[bundles.FP32]["val_macro_f1"]
     for name, v in variants.items():
         if "file" not in v:
@@ -24,9 +26,10 @@ def choose_default(variants: dict[str, dict[str, Any]], config: ExportConfig) ->
             v["rejected_because"] = f"val macro F1 {v['val_macro_f1']:.4f} is {100 * loss:.1f} points below fp32"
     candidates = [
         name for name, v in variants.items()
-        if "file" in v and not v["rejected"] and v["val_macro_f1"] >= reference - config.default_f1_margin
+        if "file" in v and not v["rejected"] and v["batch_drift"] <= config.parity_tolerance
+        and v["val_macro_f1"] >= reference - config.default_f1_margin
     ]  # fmt: skip
-    fastest = max(candidates, key=lambda name: variants[name]["speedup_vs_fp32"])
+    fastest = max(candidates, key=lambda name: variants[name]["speedup_vs_fp32"], default=bundles.FP32)
     return fastest if variants[fastest]["speedup_vs_fp32"] >= config.min_speedup else bundles.FP32
 
 
@@ -42,6 +45,8 @@ def variants_table(manifest: dict[str, Any]) -> str:
             rows.append(f"| {name} | | | | | | | | failed: {v['error'][:80]} |")
             continue
         status = "rejected" if v["rejected"] else ("default" if name == manifest["default_variant"] else "ok")
+        if v["batch_drift"] > manifest["parity"]["tolerance"] and not v["rejected"]:
+            status += f" (answers depend on the batch: {v['batch_drift']:.0e})"
         rows.append(
             f"| {name} | {v['val_macro_f1']:.4f} | {v['test_macro_f1']:.4f} | {v['test_iou']:.4f} | {v['size_mb']:.2f} "
             f"| {v['p50_ms']:.2f} | {v['speedup_vs_torch']:.2f}x | {v['speedup_vs_fp32']:.2f}x | {status} |"
