@@ -438,10 +438,10 @@ class LabelConfig:
     gpus_per_actor: float | None = None
     files_per_task: int = 64  # at most, per task
     # Audio per task, estimated from file sizes: enough work to outweigh a
-    # task's overhead (240 s is 0.2 s of the tiny model's work on a core; 120 s
-    # was 5% slower on bench/label.py), little enough to keep every core busy
-    # to the end.
-    audio_s_per_task: float = 240.0
+    # task's overhead (480 s is 0.7 s of the tiny model's work on a core; 240 s
+    # was 3-4% slower on bench/label.py, 120 s 10%). A job too small to give
+    # every core a task of this size gets smaller ones.
+    audio_s_per_task: float = 480.0
     # "fused": read, decode, featurise and classify in one task (no object
     # store between them: for small models on CPUs); "pool": classify in an
     # actor pool of `concurrency` actors (GPUs, large models); "auto": pool

@@ -12,7 +12,8 @@ model is large (one session per actor, not one per worker process) or runs
 on GPUs. `auto` chooses between them (see `choose_shape`).
 
 Tasks take files in batches of about `audio_s_per_task` seconds (estimated
-from file sizes at listing) and at most `files_per_task` files. In the fused
+from file sizes at listing), fewer where a small job would leave a core
+without a task, and at most `files_per_task` files. In the fused
 shape a recording longer than the bundle's `whole_clip_max_s` is streamed
 from its file a block at a time (`Classifier.classify_file`): its waveform
 is never held whole, and a local file is never read whole into memory.
@@ -90,7 +91,8 @@ def pipeline(
     """The dataset of output rows (`output_schema`) for `items`, in `shape`;
     `report(files=, audio_s=)` after each batch classified. The pool's
     actors run the model on CUDA when they are given GPUs (`gpus_per_actor`)."""
-    dataset = ray.data.from_arrow(task_blocks(items, filesystems, config))
+    slots = ray.cluster_resources().get("CPU", 1.0) / (config.threads if shape == "fused" else config.cpus_per_task)
+    dataset = ray.data.from_arrow(task_blocks(items, filesystems, config, slots))
     kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config}
     if shape == "fused":
         return dataset.map_batches(
@@ -112,14 +114,18 @@ def pipeline(
     )
 
 
-def task_blocks(items: list[dict[str, Any]], filesystems: list[pafs.FileSystem], config: LabelConfig) -> list[pa.Table]:
+def task_blocks(
+    items: list[dict[str, Any]], filesystems: list[pafs.FileSystem], config: LabelConfig, cores: float = 1.0
+) -> list[pa.Table]:
     """`items` in listing order, cut into tables of about
-    `config.audio_s_per_task` estimated seconds and at most
-    `config.files_per_task` items: one table per task."""
-    budget = config.audio_s_per_task * _BYTES_PER_AUDIO_S
+    `config.audio_s_per_task` estimated seconds, or less where that would
+    leave some of `cores` without a task, and at most `config.files_per_task`
+    items: one table per task."""
+    sizes = _sizes(items, filesystems)
+    budget = min(config.audio_s_per_task * _BYTES_PER_AUDIO_S, sum(sizes) / cores)
     table = pa.Table.from_pylist(items)
     blocks, start, held = [], 0, 0
-    for i, size in enumerate(_sizes(items, filesystems)):
+    for i, size in enumerate(sizes):
         if i > start and (held + size > budget or i - start >= config.files_per_task):
             blocks.append(table.slice(start, i - start))
             start, held = i, 0

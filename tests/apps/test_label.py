@@ -437,6 +437,16 @@ def test_tasks_take_files_by_estimated_seconds_each_file_once_in_order(tmp_path)
     assert names == [["0.wav", "1.wav"], ["2.wav"], ["3.wav", "4.wav"], ["5.wav"], ["6.wav"]]
 
 
+def test_a_small_job_is_cut_into_a_task_for_every_core(tmp_path):
+    """240 s of audio in 30 s files, on 4 cores: 4 tasks of 60 s, not one of 240 s."""
+    for i in range(8):
+        (tmp_path / f"{i}.wav").write_bytes(b"\0" * 32_000 * 30)
+    listing = list_inputs([str(tmp_path)])
+    config = LabelConfig(audio_s_per_task=480)
+    assert [b.num_rows for b in task_blocks(listing.items, listing.filesystems, config, cores=4)] == [2, 2, 2, 2]
+    assert [b.num_rows for b in task_blocks(listing.items, listing.filesystems, config, cores=1)] == [8]
+
+
 def test_each_task_writes_its_rows_when_it_finishes(speech, small_bundle, tmp_path):
     """Tasks are not gathered into fewer, larger ones to fill `rows_per_file`:
     a small job still runs on every core, and an interrupted one keeps every
