@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -323,13 +323,20 @@ def _clip_4s(batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> quanti
     return features[None, :FRAMES_4S].astype(np.float32), np.array([FRAMES_4S], dtype=np.int64)
 
 
-def _torch_latency(model: LanguageClassifier, clip: quantize.Batch, repeats: int) -> float:
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """PyTorch on one thread, as the onnxruntime sessions it is timed against."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return quantize.p50_ms(_torch_forward(model, clip), repeats)
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _torch_latency(model: LanguageClassifier, clip: quantize.Batch, repeats: int) -> float:
+    with _one_torch_thread():
+        return quantize.p50_ms(_torch_forward(model, clip), repeats)
 
 
 def _torch_forward(model: LanguageClassifier, clip: quantize.Batch) -> Callable[[], object]:
@@ -355,12 +362,8 @@ def _time_against_fp32(
     runs[TORCH] = _torch_forward(model, clip)
     repeats = max(3, config.latency_repeats // config.timing_rounds)
     log.info("timing %d variants and PyTorch against fp32: %d rounds", len(runs) - 2, config.timing_rounds)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         speedups = quantize.paired_speedups(runs, config.timing_rounds, repeats)
-    finally:
-        torch.set_num_threads(threads)
     torch_speedup = speedups.pop(TORCH)
     for name, speedup in speedups.items():
         variants[name]["speedup_vs_fp32"] = speedup
