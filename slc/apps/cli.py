@@ -417,7 +417,7 @@ def label(
     out: Annotated[str, typer.Option(help="Output directory: a path or a URI such as s3://bucket/labels.")],
     config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("LabelConfig"))] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help=options.with_default("parquet, csv or jsonl.", cfg.LabelConfig, "format"))] = None,
-    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
+    variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default, fp32 on GPUs.")] = None,
     top_k: Annotated[Optional[int], typer.Option(help=options.with_default("Probabilities kept per file, highest first.", cfg.LabelConfig, "top_k"))] = None,
     segments: Annotated[Optional[bool], typer.Option("--segments/--no-segments", help=options.with_default("A timeline of languages per file, from sliding windows.", cfg.LabelConfig, "segments"))] = None,
     allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr. (default: all)")] = None,

@@ -15,6 +15,7 @@ is streamed from its file, never decoded whole.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -28,8 +29,8 @@ import ray
 
 from slc import config_io
 from slc import __version__, storage
-from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, settled, writer
-from slc.apps.label_pipeline import Labeller, choose_shape, label_batch, pipeline, read_batch
+from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, record_settings, settled, writer
+from slc.apps.label_pipeline import Labeller, choose_shape, gpu_variant, label_batch, pipeline, read_batch
 from slc.batch import accounting
 from slc.batch.cluster import check_address, connect
 from slc.batch.inputs import list_inputs
@@ -66,15 +67,21 @@ def label(
     started = time.perf_counter()
     bundle = Path(bundle).expanduser().resolve()  # workers may run in another directory
     classifier = Classifier(bundle, config.variant, config.threads, open_set=config.open_set)  # a bad bundle or variant fails here, not in a worker
-    settings = {"bundle": classifier.info, "config": config_io.to_dict(config)}
     check_address()
-    fs, root = open_output(out, settings, resume, overwrite)
+    fs, root = open_output(out, resume, overwrite)
     listing = list_inputs(inputs, lang_column=config.truth_column)
     listed = {item["path"] for item in listing.items}
-    done = settled(fs, root, listed, out) if resume else set()
-    todo = [item for item in listing.items if item["path"] not in done]
     connect()
     shape, why = choose_shape(config, classifier)
+    variant = gpu_variant(config, shape)
+    if variant is not None and variant != classifier.variant:
+        log.info("on GPUs: variant %s (the bundle's default, %s, is chosen for CPUs; --variant picks another)",
+                 variant, classifier.variant)  # fmt: skip
+        config = dataclasses.replace(config, variant=variant)
+        classifier = Classifier(bundle, variant, config.threads, open_set=config.open_set)
+    record_settings(fs, root, out, {"bundle": classifier.info, "config": config_io.to_dict(config)}, resume)
+    done = settled(fs, root, listed, out) if resume else set()
+    todo = [item for item in listing.items if item["path"] not in done]
     log.info("labelling %d files (%d listed, %d labelled before); shape %s: %s", len(todo), len(listed), len(done), shape, why)
     if todo:
         sink = PartSink(fs, root, writer(config.format), config.format, config.rows_per_file, "path")

@@ -40,6 +40,7 @@ from slc.batch.decode import Decoded, decode, decode_items
 from slc.batch.inputs import read_bytes
 from slc.batch.progress import Reporter
 from slc.config import LabelConfig
+from slc.runtime import bundle as bundles
 from slc.runtime.classifier import Classifier, Prediction
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,16 @@ def gpus_per_actor(config: LabelConfig) -> float:
     if config.gpus_per_actor is not None:
         return config.gpus_per_actor
     return 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+
+
+def gpu_variant(config: LabelConfig, shape: str) -> str | None:
+    """The variant for classifier actors on GPUs when none is named: fp32.
+    The bundle's default is chosen by timing on one CPU thread, and the int8
+    variants owe their speed to onnxruntime's CPU kernels. None where the
+    bundle's default or the named variant stands."""
+    if shape == "pool" and config.variant is None and gpus_per_actor(config):
+        return bundles.FP32
+    return None
 
 
 def pipeline(

@@ -1,5 +1,6 @@
 """`slc label` on a cluster with GPUs: the actor pool, one GPU per
-classifier actor, the model asked of onnxruntime's CUDA provider. A Ray node
+classifier actor, the model asked of onnxruntime's CUDA provider, fp32 unless
+a variant is named (the bundle's default is chosen for CPUs). A Ray node
 declaring a GPU stands in for one (no CUDA needed); the onnxruntime here has
 no CUDA provider, so the actors say so and classify on CPU."""
 
@@ -13,7 +14,13 @@ import textwrap
 from conftest import REPO, espeak_wav
 
 
-def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tmp_path):
+def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(small_bundle, tmp_path):
+    # A bundle whose default is an int8 variant, as export makes it for CPUs.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["default_variant"] = "int8-static"
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
     clips = tmp_path / "clips"
     clips.mkdir()
     (clips / "de.wav").write_bytes(espeak_wav("Guten Morgen, der Zug fährt um acht Uhr.", "de"))
@@ -31,14 +38,16 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tm
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
                 print("ACTOR " + json.dumps({"gpu_ids": ray.get_gpu_ids(), "asked": kwargs.get("device"),
-                                             "runs_on": self.classifier.device}), flush=True)
+                                             "runs_on": self.classifier.device, "variant": self.classifier.variant}), flush=True)
 
         label_pipeline.Labeller = Reporting  # defined here, so it travels to the actors by value
 
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
         try:
-            summary = label([sys.argv[2]], sys.argv[3], sys.argv[4], LabelConfig())
-            print("SUMMARY " + json.dumps({k: summary[k] for k in ("shape", "listed", "labelled")}))
+            for out, variant in ((sys.argv[4], None), (sys.argv[4] + "-int8", "int8-static")):
+                summary = label([sys.argv[2]], sys.argv[3], out, LabelConfig(variant=variant))
+                print("SUMMARY " + json.dumps({**{k: summary[k] for k in ("shape", "listed", "labelled")},
+                                               "variant": summary["bundle"]["variant"]}), flush=True)
         finally:
             ray.shutdown()
         """
@@ -48,15 +57,21 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one(small_bundle, tm
     temp_dir = tempfile.mkdtemp(prefix="slc-gpu-", dir="/tmp")
     try:
         result = subprocess.run(
-            [sys.executable, "-c", script, temp_dir, str(clips), str(small_bundle), str(tmp_path / "labels")],
+            [sys.executable, "-c", script, temp_dir, str(clips), str(bundle), str(tmp_path / "labels")],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    summary = json.loads(output.split("SUMMARY ", 1)[1].splitlines()[0])
-    assert summary == {"shape": "pool", "listed": 2, "labelled": 2}
-    actor = json.loads(output.split("ACTOR ", 1)[1].splitlines()[0])
-    assert actor == {"gpu_ids": [0], "asked": "cuda", "runs_on": "cpu"}
+    summaries = [json.loads(part.splitlines()[0]) for part in output.split("SUMMARY ")[1:]]
+    actors = [json.loads(part.splitlines()[0]) for part in output.split("ACTOR ")[1:]]
+    # No variant named: fp32 on the GPU, and the summary says so; a variant named is the one run.
+    assert summaries == [
+        {"shape": "pool", "listed": 2, "labelled": 2, "variant": "fp32"},
+        {"shape": "pool", "listed": 2, "labelled": 2, "variant": "int8-static"},
+    ]
+    assert sorted(a["variant"] for a in actors) == ["fp32", "int8-static"]
+    assert all({k: a[k] for k in ("gpu_ids", "asked", "runs_on")} == {"gpu_ids": [0], "asked": "cuda", "runs_on": "cpu"} for a in actors)
+    assert json.loads((tmp_path / "labels" / "settings.json").read_text())["bundle"]["variant"] == "fp32"
     assert "no CUDA provider" in output and "onnxruntime-gpu" in output
