@@ -27,6 +27,11 @@ import os
 # Ray runs its workers at niceness 15 and this process runs the sequential loop
 # at 0: on a shared machine the comparison would measure the scheduler.
 os.environ.setdefault("RAY_worker_niceness", "0")
+# The loop runs on one core: numpy's BLAS on one thread, as Ray's workers
+# have it (OMP_NUM_THREADS=1). Left to itself, OpenBLAS would lend the loop's
+# fbank the second core, and the loop would not be one core's.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 import argparse
 import io

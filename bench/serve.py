@@ -15,6 +15,13 @@ Run after `make demo` (or pass your own): `python bench/serve.py
 [--bundle demo-output/bundle] [--clips demo-output/corpus]`.
 """
 
+import os
+
+# The in-process baseline on the replica's footing: numpy's BLAS on one thread,
+# as Ray gives its actors (OMP_NUM_THREADS=1), set before numpy loads.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
 import argparse
 import asyncio
 import io
