@@ -161,9 +161,14 @@ def _check_same_settings(fs: pafs.FileSystem, root: str, settings: dict[str, Any
 
     changed = sorted(k for k, v in deciding(settings).items() if deciding(before).get(k) != v)
     if changed:
+        was, now = before["bundle"].get("variant"), settings["bundle"]["variant"]
+        hint = (
+            f"variant {now} now, {was} before; resume with --variant {was}"
+            if "model" in changed and was != now
+            else "resume with the same bundle and settings"
+        )
         raise LabelError(
-            f"{storage.redact(out)}: was labelled with other settings ({', '.join(changed)}); "
-            "resume with the same bundle and settings, or label into a new output"
+            f"{storage.redact(out)}: was labelled with other settings ({', '.join(changed)}); {hint}, or label into a new output"
         )
 
 

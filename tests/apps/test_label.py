@@ -313,6 +313,11 @@ def test_resume_refuses_an_output_of_other_settings_and_a_plain_run_any_output(m
     out, _ = labelled
     with pytest.raises(LabelError, match="top_k"):
         label([str(root)], small_bundle, str(out), LabelConfig(top_k=1, rows_per_file=3), resume=True)
+    # Another variant is another model: the error says which variant to resume with.
+    before = json.loads((out / "settings.json").read_text())["bundle"]["variant"]
+    other = "int8-static" if before == "fp32" else "fp32"
+    with pytest.raises(LabelError, match=rf"variant {other} now, {before} before; resume with --variant {before}"):
+        label([str(root)], small_bundle, str(out), LabelConfig(top_k=2, rows_per_file=3, variant=other), resume=True)
     with pytest.raises(StorageError, match="not empty"):
         label([str(root)], small_bundle, str(out), LabelConfig(top_k=2))
 
