@@ -10,6 +10,9 @@ start, worker processes, imports and model loads included, as a user's first
 job sees it), then warm in both shapes, then the sequential loop; ratios are
 taken within a round (the machine may be shared) and their median printed.
 
+The ceiling for that ratio: as many sequential loops as there are cores, at
+once, each in a process of its own over its share of the files, no Ray.
+
 Where the time goes: the sequential work split into stages (listing,
 reading, decoding, resampling, fbank, model, writing), on one core, and for
 each pipeline run what its cores spent beyond that work (scheduling, idle
@@ -36,6 +39,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import argparse
 import io
 import itertools
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -105,10 +109,12 @@ def one_round(listing: Path, bundle: Path, out: Path, files: list[str]) -> dict:
     finally:
         ray.shutdown()
     loop_s, loop_audio_s, answers = sequential_predict(files, bundle)
+    loops_s, loops_audio_s = loops_at_once(files, bundle, int(cores))
     agree = sum(labels.get(path) == language for path, language in answers.items()) / len(answers)
     audio_s = summaries[RUNS[0]]["audio_hours"] * 3600
     return {"init_s": init_s, "walls": walls, "cores": cores, "audio_s": audio_s, "loop_s": loop_s,
-            "loop_audio_s": loop_audio_s, "agree": agree, "listed": summaries[RUNS[0]]["listed"]}  # fmt: skip
+            "loop_audio_s": loop_audio_s, "loops_s": loops_s, "loops_audio_s": loops_audio_s,
+            "agree": agree, "listed": summaries[RUNS[0]]["listed"]}  # fmt: skip
 
 
 def choose_files(corpus: Path, scratch: Path, total_s: float, n_long: int, long_s: float) -> tuple[list[str], float]:
@@ -148,7 +154,10 @@ def join_clips(clips, out: Path, seconds: float) -> Path:
 
 def sequential_predict(files: list[str], bundle: Path) -> tuple[float, float, dict[str, str]]:
     """`slc predict`'s loop: (wall s, audio s, language per file), one thread."""
-    classifier = Classifier(bundle, threads=1)
+    return _timed_loop(Classifier(bundle, threads=1), files)
+
+
+def _timed_loop(classifier: Classifier, files: list[str]) -> tuple[float, float, dict[str, str]]:
     started = time.perf_counter()
     audio_s, answers = 0.0, {}
     for path in files:
@@ -156,6 +165,28 @@ def sequential_predict(files: list[str], bundle: Path) -> tuple[float, float, di
         audio_s += prediction.duration_s
         answers[path] = prediction.language
     return time.perf_counter() - started, audio_s, answers
+
+
+def loops_at_once(files: list[str], bundle: Path, n: int) -> tuple[float, float]:
+    """`n` sequential loops at once, each in a process of its own over every
+    n-th file, started together once their models are loaded: (wall s of the
+    slowest, audio s of all). What `n` cores give this work without Ray."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(n), context.Queue()
+    loops = [context.Process(target=_loop_in_step, args=(files[i::n], bundle, barrier, results)) for i in range(n)]
+    for loop in loops:
+        loop.start()
+    done = [results.get() for _ in loops]
+    for loop in loops:
+        loop.join()
+    return max(seconds for seconds, _ in done), sum(audio_s for _, audio_s in done)
+
+
+def _loop_in_step(files: list[str], bundle: Path, barrier, results) -> None:
+    classifier = Classifier(bundle, threads=1)
+    barrier.wait()
+    seconds, audio_s, _ = _timed_loop(classifier, files)
+    results.put((seconds, audio_s))
 
 
 def stage_times(files: list[str], bundle: Path, listing: Path) -> dict[str, float]:
@@ -238,6 +269,10 @@ def report(rounds: list[dict], stages: dict[str, float], file_s: float) -> None:
         print(f"{title:<34}{wall:>7.1f}  {per_core:>8.0f}x  {versus:>17.2f}x")
     loop_s = statistics.median(r["loop_s"] for r in rounds)
     print(f"{'sequential predict loop, 1 core':<34}{loop_s:>7.1f}  {audio_s / loop_s:>8.0f}x  {1:>17.2f}x")
+    loops_s = statistics.median(r["loops_s"] for r in rounds)
+    per_core = statistics.median(r["loops_audio_s"] / r["loops_s"] / r["cores"] for r in rounds)
+    versus = statistics.median((r["loops_audio_s"] / r["loops_s"]) / (r["loop_audio_s"] / r["loop_s"]) for r in rounds)
+    print(f"{f'{cores:g} loops at once, no Ray (ceiling)':<34}{loops_s:>7.1f}  {per_core:>8.0f}x  {versus:>17.2f}x")
 
     work_s = sum(v for k, v in stages.items() if not k.startswith("object store"))
     print(f"\nwhere the time goes: the loop's work on one core, stage by stage ({work_s:.1f} s)")
