@@ -30,14 +30,11 @@ import numpy as np
 import torch
 
 from slc.config import ModelConfig
-from slc.export.exporter import export_model
+from slc.export.exporter import FRAMES_4S, TORCH, export_model
 from slc.export.quantize import p50_ms, paired_speedups, quantize_all
 from slc.runtime.bundle import FP32, session
 from slc.training import checkpoint as ckpt
 from slc.training.model import LanguageClassifier
-
-FRAMES_4S = 398  # Kaldi frames of a 4 s clip at 16 kHz
-TORCH = "PyTorch eager"
 
 
 def main() -> None:
