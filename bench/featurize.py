@@ -47,6 +47,7 @@ import torch
 from transformers import Speech2TextFeatureExtractor
 
 from slc.audio import load, trim_silence
+from slc.batch import cluster
 from slc.config import IngestConfig
 from slc.data.corpus import discover
 from slc.data.features import Fbank, extract
@@ -219,7 +220,7 @@ def bench_ingest(corpus: Path, out: Path, runs: int) -> IngestRun:
     """`ingest` on a fresh local Ray with every core: a cold run, then warm ones."""
     quiet_ray_data()
     started = time.perf_counter()
-    ray.init(include_dashboard=False)
+    cluster.init(include_dashboard=False)
     init_s = time.perf_counter() - started
     try:
         walls = []

@@ -54,6 +54,7 @@ import soxr
 from slc.apps.label import label, read_batch, read_labels
 from slc.apps.label_output import output_schema, writer
 from slc.audio import trim_silence
+from slc.batch import cluster
 from slc.batch.inputs import list_inputs, read_bytes
 from slc.config import LabelConfig
 from slc.data.corpus import AUDIO_EXTENSIONS
@@ -93,7 +94,7 @@ def one_round(listing: Path, bundle: Path, out: Path, files: list[str]) -> dict:
     """A fresh Ray: the label runs of RUNS, then the sequential loop. Walls in
     seconds; `audio_s` is the audio both classify (after silence trimming)."""
     started = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    cluster.init(include_dashboard=False, log_to_driver=False)
     init_s = time.perf_counter() - started
     try:
         walls, summaries = {}, {}
@@ -244,7 +245,7 @@ def _object_store_round_trip(found, bundle: str) -> float:
         read_batch(pa.Table.from_pylist(found.items[i : i + 16]), found.filesystems, bundle, LabelConfig())
         for i in range(0, len(found.items), 16)
     ]
-    ray.init(include_dashboard=False, log_to_driver=False)
+    cluster.init(include_dashboard=False, log_to_driver=False)
     try:
         started = time.perf_counter()
         for block in blocks:

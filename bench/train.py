@@ -20,6 +20,7 @@ from pathlib import Path
 
 import ray
 
+from slc.batch import cluster
 from slc.config import AugmentConfig, IngestConfig, ModelConfig, TrainConfig
 from slc.data.ingest import ingest
 from slc.data.synth import make_corpus
@@ -48,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    cluster.init(include_dashboard=False, log_to_driver=False)
     shards = shards_for(args.out, args.per_lang, args.augment)
     summary = json.loads((shards / "summary.json").read_text())
     config = TrainConfig(model=ModelConfig.preset(args.preset), epochs=args.epochs, workers=args.workers)

@@ -31,7 +31,9 @@ def start_session_ray():
     shut it down first and call this again when they are done."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from slc.batch import cluster
+
+    cluster.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
 
 

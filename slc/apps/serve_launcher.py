@@ -17,7 +17,7 @@ from ray import serve
 from slc.apps.serve import APP_NAME, build_app
 from slc.apps.serve_client import post_audio, wait_until_ready
 from slc.apps.serve_proxy import with_json_errors
-from slc.batch.cluster import check_address
+from slc.batch.cluster import check_address, init
 from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     if started_ray:
         check_address()
         with_json_errors()  # the proxy, started by this Ray, inherits it
-        ray.init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
+        init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
