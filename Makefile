@@ -86,6 +86,7 @@ bench: setup $(TINY)/bundle/bundle.json
 	$(PY) bench/inference.py --preset base --rounds 3 --repeats 3
 	$(PY) bench/predict.py --bundle $(TINY)/bundle --clips $(TINY)/corpus
 	$(PY) bench/serve.py --bundle $(TINY)/bundle --clips $(TINY)/corpus
+	$(PY) bench/serve.py --bundle $(TINY)/bundle --clips $(TINY)/corpus --ingress haproxy --replicas 2
 	$(PY) bench/label.py --bundle $(TINY)/bundle --corpus $(TINY)/corpus
 	$(PY) bench/stream.py --bundle $(TINY)/bundle --clips $(TINY)/corpus
 	@# Change latency needs a model sure of its languages: the demo's.

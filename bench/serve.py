@@ -12,7 +12,9 @@ endpoint's requests/s over the baseline's clips/s; the target is >= 0.85 at
 concurrency 32.
 
 Run after `make demo` (or pass your own): `python bench/serve.py
-[--bundle demo-output/bundle] [--clips demo-output/corpus]`.
+[--bundle demo-output/bundle] [--clips demo-output/corpus]`; with
+`--ingress haproxy --replicas 2`, the endpoint as `slc serve --ingress
+haproxy --replicas 2` runs it (`make bench` runs both).
 """
 
 import os
@@ -34,7 +36,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from slc.config import ServeConfig
+from slc.config import INGRESSES, ServeConfig
 from slc.runtime.classifier import Classifier
 from slc.apps.serve_launcher import free_port, running
 
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch-wait-timeout-s", type=float, default=ServeConfig.batch_wait_timeout_s)
     parser.add_argument("--replicas", type=int, default=ServeConfig.num_replicas,
                         help="replicas of the endpoint (the baseline stays one process)")
+    parser.add_argument("--ingress", choices=INGRESSES, default=ServeConfig.ingress, help="what answers HTTP (ServeConfig.ingress)")
     parser.add_argument("--rounds", type=int, default=3, help="repeats of each measurement; the best counts")
     parser.add_argument("--port", type=int, default=0, help="default: a free port")
     args = parser.parse_args()
@@ -125,6 +128,7 @@ def main() -> None:
         raise SystemExit(f"{args.bundle} is not a bundle: run `make demo` first, or pass --bundle")
     config = ServeConfig(
         port=args.port or free_port(),
+        ingress=args.ingress,
         threads=args.threads,
         num_replicas=args.replicas,
         max_batch_size=args.max_batch_size,
@@ -144,7 +148,7 @@ def main() -> None:
             rows.append((concurrency, total, total / seconds, np.percentile(latencies, 50), np.percentile(latencies, 99), errors))
     baseline = in_process_clips_per_s(args.bundle, config, wavs, max(args.requests, 4 * max(LEVELS)), args.rounds)
 
-    print(f"\n{CLIP_S:.0f} s clips; endpoint: {config.num_replicas} replica(s), {config.threads} onnxruntime thread(s), "
+    print(f"\n{CLIP_S:.0f} s clips; endpoint: {config.ingress} ingress, {config.num_replicas} replica(s), {config.threads} onnxruntime thread(s), "
           f"max_batch_size {config.max_batch_size}, batch_wait_timeout_s {config.batch_wait_timeout_s}; "
           f"best of {args.rounds} rounds (errors: all rounds)\n")
     print(f"{'concurrency':>11}  {'requests':>8}  {'req/s':>7}  {'p50 ms':>7}  {'p99 ms':>7}  {'errors':>6}  {'vs in-process':>13}")

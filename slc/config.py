@@ -371,6 +371,9 @@ class StreamConfig:
             raise ValueError("max_streams, max_frame_bytes, idle_timeout_s and max_lead_s must be > 0")
 
 
+INGRESSES = ("proxy", "haproxy")
+
+
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """The HTTP endpoint: where it listens, what it accepts, how it batches.
@@ -380,6 +383,10 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # What answers HTTP on host:port: Serve's Python proxy, which relays each
+    # request to a replica, or HAProxy (Serve's RAY_SERVE_ENABLE_HA_PROXY), which
+    # forwards it to a replica serving HTTP itself (see `slc.apps.serve_launcher`).
+    ingress: str = "proxy"
     variant: str | None = None  # the bundle's default when None
     open_set: bool = True  # the bundle's calibration and `unknown` answer (slc.runtime.openset)
     threads: int = 1  # onnxruntime intra-op threads per replica
@@ -398,6 +405,8 @@ class ServeConfig:
     stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
+        if self.ingress not in INGRESSES:
+            raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {self.ingress!r}")
         if self.max_batch_size < 1 or self.batch_wait_timeout_s < 0:
             raise ValueError(
                 f"max_batch_size must be >= 1 and batch_wait_timeout_s >= 0, "

@@ -340,6 +340,9 @@ def serve(
     config: Annotated[Optional[Path], typer.Option(help=options.CONFIG_HELP.format("ServeConfig"))] = None,
     host: Annotated[Optional[str], typer.Option(help=options.with_default("Address to listen on; 0.0.0.0 for every interface.", cfg.ServeConfig, "host"))] = None,
     port: Annotated[Optional[int], typer.Option(help=options.with_default("HTTP port.", cfg.ServeConfig, "port"))] = None,
+    ingress: Annotated[Optional[str], typer.Option(help=options.with_default(
+        "What answers HTTP: `proxy` (Serve's own) or `haproxy` (HAProxy in front of replicas that serve HTTP "
+        "themselves: about twice `proxy`'s requests per second on a replica; needs the haproxy binary).", cfg.ServeConfig, "ingress"))] = None,
     variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
     replicas: Annotated[Optional[int], typer.Option(help=options.with_default("Replicas, each holding the model.", cfg.ServeConfig, "num_replicas"))] = None,
     threads: Annotated[Optional[int], typer.Option(help=options.with_default("onnxruntime threads (and CPUs) per replica.", cfg.ServeConfig, "threads"))] = None,
@@ -353,7 +356,7 @@ def serve(
     try:
         base = config_io.resolve(cfg.ServeConfig, config, {})
         settings = config_io.override(base, {
-            "host": host, "port": port, "variant": variant, "num_replicas": replicas,
+            "host": host, "port": port, "ingress": ingress, "variant": variant, "num_replicas": replicas,
             "threads": threads, "num_cpus": None if threads is None else float(threads),
             "max_batch_size": max_batch_size, "open_set": options.on_off(open_set, "--open-set"),
             # Room for two batches in a replica's queue, or batches never fill.

