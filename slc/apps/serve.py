@@ -392,7 +392,13 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
     converted)."""
     args = dict(args)
     bundle = args.pop("bundle", None) or os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE
-    return build_app(bundle, config_from_args(args))
+    config = config_from_args(args)
+    if config.ingress != ServeConfig.ingress:
+        raise ValueError(
+            f"ingress={config.ingress} is not an application's setting: Serve takes it from the environment "
+            "of `ray start` on each node (export RAY_SERVE_ENABLE_HA_PROXY=1 there)"
+        )
+    return build_app(bundle, config)
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:

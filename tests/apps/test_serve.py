@@ -196,6 +196,8 @@ def test_builder_arguments_are_converted_and_checked(small_bundle, tmp_path):
         config_from_args({"max_batch_size": "64", "max_ongoing_requests": "8"})
     with pytest.raises(FileNotFoundError, match="not a bundle"):
         app_builder({"bundle": str(tmp_path)})
+    with pytest.raises(ValueError, match="export RAY_SERVE_ENABLE_HA_PROXY=1"):
+        app_builder({"bundle": str(small_bundle), "ingress": "haproxy"})
     with pytest.raises(ValueError, match="max_batch_size"):
         checked_batching({"max_batch_size": 0, "batch_wait_timeout_s": 0.01})
 
