@@ -51,7 +51,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
         check_address()
         with_json_errors()  # the proxy, started by this Ray, inherits it
         with _environment(HAPROXY_ENV if config.ingress == "haproxy" else {}):
-            init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.WARNING)
+            init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.ERROR)
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
