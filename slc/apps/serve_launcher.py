@@ -50,8 +50,15 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     if started_ray:
         check_address()
         with_json_errors()  # the proxy, started by this Ray, inherits it
-        with _environment(HAPROXY_ENV if config.ingress == "haproxy" else {}):
-            init(include_dashboard=False, log_to_driver=show_logs, logging_level=logging.INFO if show_logs else logging.ERROR)
+        haproxy_here = config.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"
+        with _environment(HAPROXY_ENV if haproxy_here else {}):
+            init(
+                # A Ray of its own: one that `ray start` left running here, which
+                # ray.init would join, has Serve's proxy.
+                address="local" if haproxy_here else None,
+                include_dashboard=False, log_to_driver=show_logs,
+                logging_level=logging.INFO if show_logs else logging.ERROR,
+            )  # fmt: skip
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
