@@ -51,14 +51,14 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
         check_address()
         with_json_errors()  # the proxy, started by this Ray, inherits it
         haproxy_here = config.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"
-        with _environment(HAPROXY_ENV if haproxy_here else {}):
-            init(
-                # A Ray of its own: one that `ray start` left running here, which
-                # ray.init would join, has Serve's proxy.
-                address="local" if haproxy_here else None,
-                include_dashboard=False, log_to_driver=show_logs,
-                logging_level=logging.INFO if show_logs else logging.ERROR,
-            )  # fmt: skip
+        init(
+            HAPROXY_ENV if haproxy_here else {},
+            # A Ray of its own: one that `ray start` left running here, which
+            # ray.init would join, has Serve's proxy.
+            address="local" if haproxy_here else None,
+            include_dashboard=False, log_to_driver=show_logs,
+            logging_level=logging.INFO if show_logs else logging.ERROR,
+        )  # fmt: skip
     try:
         serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
         serve.run(app, name=APP_NAME, route_prefix="/")
@@ -102,19 +102,6 @@ def haproxy_binary() -> str:
             ) from None
         return found
     return get_haproxy_binary()
-
-
-@contextlib.contextmanager
-def _environment(variables: dict[str, str]) -> Iterator[None]:
-    """`variables` set in this process's environment (where not set already)
-    while the block runs: for the processes a `ray.init` starts to inherit."""
-    added = {name: value for name, value in variables.items() if name not in os.environ}
-    os.environ.update(added)
-    try:
-        yield
-    finally:
-        for name in added:
-            del os.environ[name]
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 import ray
 
@@ -53,9 +56,22 @@ def connect(dashboard: bool = False) -> None:
     init(include_dashboard=dashboard)
 
 
-def init(**kwargs) -> None:
-    """`ray.init(**kwargs)`, with the processes of a Ray it starts retrying
-    their sockets often (see `_SOCKET_RETRY_ENV`)."""
-    for name, value in _SOCKET_RETRY_ENV.items():
-        os.environ.setdefault(name, value)
-    ray.init(**kwargs)
+def init(environ: Mapping[str, str] = MappingProxyType({}), **kwargs) -> None:
+    """`ray.init(**kwargs)`, with `environ` in the environment of the processes
+    a Ray it starts inherits, and those processes retrying their sockets
+    often (see `_SOCKET_RETRY_ENV`). A variable set already keeps its value."""
+    with _environment({**_SOCKET_RETRY_ENV, **environ}):
+        ray.init(**kwargs)
+
+
+@contextlib.contextmanager
+def _environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """`variables` set in this process's environment (where not set already)
+    while the block runs: for the processes a `ray.init` starts to inherit."""
+    added = {name: value for name, value in variables.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            del os.environ[name]

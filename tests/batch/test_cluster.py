@@ -19,6 +19,7 @@ def test_a_ray_started_by_slc_retries_its_sockets_every_50_ms_over_10_s(monkeypa
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs, env={k: os.environ.get(k) for k in (RETRY_MS, ATTEMPTS)}))
     cluster.init(include_dashboard=False)
     assert seen == {"include_dashboard": False, "env": {RETRY_MS: "50", ATTEMPTS: "200"}}
+    assert RETRY_MS not in os.environ and ATTEMPTS not in os.environ  # only for the processes Ray starts
 
 
 def test_a_users_own_ray_settings_win(monkeypatch):
