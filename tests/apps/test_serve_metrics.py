@@ -15,7 +15,17 @@ import requests
 from conftest import espeak_wav
 
 from slc.apps.serve_launcher import free_port, running
-from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV, JsonErrors, middlewares, with_json_errors
+from slc.apps.serve_proxy import (
+    DEFAULT_REQUEST_TIMEOUT_S,
+    PROXY_CALLBACK,
+    PROXY_CALLBACK_ENV,
+    REQUEST_TIMEOUT_ENV,
+    TIMEOUT_HEADER,
+    JsonErrors,
+    middlewares,
+    request_timeout_s,
+    with_json_errors,
+)
 from slc.config import ServeConfig
 
 # --- the proxy's errors: JsonErrors on a bare ASGI app ------------------------
@@ -38,7 +48,7 @@ def _app(status: int | None, body: bytes = b"", kind: bytes = b"text/plain", chu
     return app
 
 
-def _call(app, path: str = "/v1/classify") -> tuple[int, dict[bytes, bytes], bytes, int]:
+def _call(app, path: str = "/v1/classify", headers=()) -> tuple[int, dict[bytes, bytes], bytes, int]:
     """(status, headers, body, messages sent) of one POST through `app`."""
     sent = []
 
@@ -48,7 +58,7 @@ def _call(app, path: str = "/v1/classify") -> tuple[int, dict[bytes, bytes], byt
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send))
+    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": list(headers)}, receive, send))
     (start,) = [m for m in sent if m["type"] == "http.response.start"]
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body, len(sent)
@@ -86,6 +96,48 @@ def test_json_errors_and_answers_below_500_pass_unchanged_and_unbuffered(status,
     got, headers, passed, messages = _call(JsonErrors(_app(status, body, kind, chunks=2)))
     assert (got, headers[b"content-type"], passed) == (status, kind, body)
     assert messages == 3  # start and both body parts, as the app sent them
+
+
+def _deadline_seen(middleware_args: dict, scope_type: str = "http", headers=()) -> list[bytes]:
+    """The deadline headers Serve's proxy finds in a request passed through JsonErrors."""
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.extend(value for name, value in scope["headers"] if name == TIMEOUT_HEADER)
+
+    async def send(message):
+        pass
+
+    scope = {"type": scope_type, "method": "POST", "path": "/v1/classify", "headers": list(headers)}
+    asyncio.run(JsonErrors(app, **middleware_args)(scope, None, send))
+    return seen
+
+
+def test_http_requests_get_a_deadline_unless_the_client_set_one_and_streams_get_none(monkeypatch):
+    monkeypatch.delenv(REQUEST_TIMEOUT_ENV, raising=False)
+    assert _deadline_seen({}) == [f"{DEFAULT_REQUEST_TIMEOUT_S:g}".encode()]
+    monkeypatch.setenv(REQUEST_TIMEOUT_ENV, "12.5")
+    assert _deadline_seen({}) == [b"12.5"]
+    assert _deadline_seen({}, headers=[(TIMEOUT_HEADER, b"300")]) == [b"300"]
+    assert _deadline_seen({"timeout_s": 0}) == []
+    assert _deadline_seen({}, scope_type="websocket") == []
+
+
+def test_serves_408_for_a_request_past_its_deadline_becomes_a_json_504():
+    text = b"Request 3f1a timed out after 20.0s."
+    status, headers, body, _ = _call(JsonErrors(_app(408, text), timeout_s=20))
+    assert status == 504 and headers[b"content-type"] == b"application/json"
+    assert json.loads(body) == {"error": "timeout", "detail": f"POST /v1/classify: {text.decode()}"}
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "inf", "nan"])
+def test_a_bad_deadline_is_refused_naming_the_variable(value):
+    with pytest.raises(ValueError, match=f"{REQUEST_TIMEOUT_ENV} must be a number of seconds >= 0"):
+        request_timeout_s({REQUEST_TIMEOUT_ENV: value})
+    with pytest.raises(ValueError, match=REQUEST_TIMEOUT_ENV):
+        with_json_errors({REQUEST_TIMEOUT_ENV: value})
+    assert request_timeout_s({REQUEST_TIMEOUT_ENV: "0"}) == 0
+    assert request_timeout_s({}) == DEFAULT_REQUEST_TIMEOUT_S
 
 
 def test_the_proxy_callback_is_importable_and_set_only_when_unset():

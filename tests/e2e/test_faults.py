@@ -24,7 +24,7 @@ from fault_cluster import (
 )
 
 from slc.apps.label import label, read_labels
-from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV, REQUEST_TIMEOUT_ENV, TIMEOUT_HEADER
 from slc.config import AugmentConfig, IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
 from slc.data.corpus import discover
 from slc.data.ingest import ingest
@@ -53,9 +53,11 @@ def fault_cluster(small_bundle, small_shards) -> Iterator[FaultCluster]:
     """The cluster of several nodes. The session fixtures it asks for are
     built first, on the session's Ray: it cannot start while this runs.
     Its nodes inherit this environment: Serve's proxy answers in JSON, as
-    with `slc serve` and the cluster configs."""
+    with `slc serve` and the cluster configs, and gives up on a request
+    after DEADLINE_S."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+        patch.setenv(REQUEST_TIMEOUT_ENV, str(DEADLINE_S))
         with running_cluster() as cluster:
             yield cluster
 
@@ -218,14 +220,18 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
 
 
 LOAD_S, KILL_AT_S, CLIENTS = 24.0, 10.0, 8
+# The proxy's deadline for a request; the clients wait longer.
+DEADLINE_S, CLIENT_TIMEOUT_S = 20, 60
 
 
-def _post(session: requests.Session, url: str, body: bytes) -> dict:
+def _post(session: requests.Session, url: str, body: bytes, headers: dict | None = None) -> dict:
     sent = time.monotonic()
     try:
-        response = session.post(f"{url}/v1/classify", files={"file": ("clip.wav", body)}, timeout=60)
+        response = session.post(
+            f"{url}/v1/classify", files={"file": ("clip.wav", body)}, headers=headers, timeout=CLIENT_TIMEOUT_S
+        )
         status, text = response.status_code, response.text
-    except requests.ConnectionError as error:
+    except (requests.ConnectionError, requests.Timeout) as error:
         status, text = None, str(error)
     try:
         answer = json.loads(text)
@@ -252,7 +258,8 @@ def _running_replicas(app: str) -> int:
 def replica_killed_under_load(fault_cluster, small_bundle, speech):
     """Two replicas, CLIENTS clients posting for LOAD_S seconds, one replica
     killed at KILL_AT_S; then a burst once both replicas run again.
-    -> (requests under load, kill time, burst after recovery, seconds to recover)."""
+    -> (requests under load, (kill sent, replica seen dead), burst after
+    recovery, seconds to recover, the endpoint's URL)."""
     import ray
     from ray import serve
 
@@ -277,9 +284,12 @@ def replica_killed_under_load(fault_cluster, small_bundle, speech):
         with ThreadPoolExecutor(CLIENTS) as pool:
             futures = [pool.submit(client) for _ in range(CLIENTS)]
             time.sleep(KILL_AT_S)
-            victim = _replicas(app)[0]
-            ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+            victim = ray.get_actor(_replicas(app)[0], namespace="serve")
             killed_at = time.monotonic()
+            ray.kill(victim, no_restart=True)
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                ray.get(victim.__ray_ready__.remote(), timeout=30)
+            dead_at = time.monotonic()
             results = [r for f in futures for r in f.result()]
         while _running_replicas(app) < 2 or len(_replicas(app)) < 2:
             assert time.monotonic() < killed_at + 120, "the killed replica was never replaced"
@@ -287,21 +297,24 @@ def replica_killed_under_load(fault_cluster, small_bundle, speech):
         recovered_s = time.monotonic() - killed_at
         with ThreadPoolExecutor(CLIENTS) as pool:
             burst = list(pool.map(lambda _: _post(requests.Session(), url, body), range(4 * CLIENTS)))
-        yield results, killed_at, burst, recovered_s
+        yield results, (killed_at, dead_at), burst, recovered_s, url
     finally:
         serve.shutdown()
 
 
 def test_killing_a_replica_under_load_fails_only_its_requests_in_flight(replica_killed_under_load):
-    results, killed_at, burst, recovered_s = replica_killed_under_load
+    results, (killed_at, dead_at), burst, recovered_s, _ = replica_killed_under_load
     failed = [r for r in results if r["status"] != 200]
-    in_flight = [r for r in results if r["sent"] <= killed_at <= r["done"]]
-    late = [r for r in failed if r["sent"] > killed_at]
+    # Sent before the replica was seen dead and answered after the kill was sent.
+    in_flight = [r for r in results if r["sent"] <= dead_at and r["done"] >= killed_at]
+    late = [r for r in failed if r["sent"] > dead_at]
     print(
-        f"\n[serve] killed 1 of 2 replicas at {KILL_AT_S:.0f} s of {LOAD_S:.0f} s under {CLIENTS} clients; "
+        f"\n[serve] killed 1 of 2 replicas at {KILL_AT_S:.0f} s of {LOAD_S:.0f} s under {CLIENTS} clients "
+        f"(seen dead {1000 * (dead_at - killed_at):.0f} ms after the kill); "
         f"sent {len(results)}, succeeded {len(results) - len(failed)}, failed {len(failed)} "
         f"({len(in_flight)} in flight at the kill, {len(late)} failures sent after it), "
-        f"statuses {sorted({r['status'] for r in failed}, key=str)}; replaced in {recovered_s:.1f} s; "
+        f"statuses {sorted({r['status'] for r in failed}, key=str)}, slowest answer "
+        f"{max(r['done'] - r['sent'] for r in results):.1f} s; replaced in {recovered_s:.1f} s; "
         f"after recovery {sum(r['status'] == 200 for r in burst)}/{len(burst)} succeeded"
     )
     assert all(r["status"] is not None and r["status"] >= 500 for r in failed), [r["text"] for r in failed]
@@ -316,3 +329,12 @@ def test_requests_failed_by_a_dead_replica_get_a_json_error(replica_killed_under
     if not failed:
         pytest.skip("no request was in flight on the killed replica")
     assert all(set(r["answer"] or {}) == {"error", "detail"} for r in failed), [r["text"] for r in failed]
+
+
+def test_a_request_past_its_deadline_gets_a_json_504(replica_killed_under_load, speech):
+    *_, url = replica_killed_under_load
+    with requests.Session() as session:
+        answer = _post(session, url, speech[0][1], headers={TIMEOUT_HEADER.decode(): "0.001"})
+        assert answer["status"] == 504, answer["text"]
+        assert answer["answer"]["error"] == "timeout" and "timed out" in answer["answer"]["detail"]
+        assert _post(session, url, speech[0][1])["status"] == 200
