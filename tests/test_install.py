@@ -99,6 +99,7 @@ def test_serve_once_answers_over_http_and_stops(base_venv, small_bundle, clips, 
     done = run(base_venv, "slc", "serve", str(small_bundle), "--once", str(clip), "--port", str(port), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1].startswith(f"{clip}: HTTP 200 ")
+    assert "(raylet)" not in done.stdout + done.stderr, "Ray's messages reached the terminal"
 
 
 def test_the_label_job_entry_point_runs_without_torch(base_venv, tmp_path):

@@ -24,6 +24,9 @@ from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
+# Stopping Serve kills its controller while the call asking it to stop is in
+# flight; Ray would print that the call "failed" and will be retried.
+QUIET_ENV = {"RAY_enable_output_error_log_if_still_retry": "0"}
 # Serve's HAProxy front, read from the environment its processes start with.
 HAPROXY_ENV = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -52,7 +55,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
         with_json_errors()  # the proxy, started by this Ray, inherits it
         haproxy_here = config.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"
         init(
-            HAPROXY_ENV if haproxy_here else {},
+            {**QUIET_ENV, **(HAPROXY_ENV if haproxy_here else {})},
             # A Ray of its own: one that `ray start` left running here, which
             # ray.init would join, has Serve's proxy.
             address="local" if haproxy_here else None,
