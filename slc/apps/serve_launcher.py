@@ -18,7 +18,7 @@ from ray import serve
 
 from slc.apps.serve import APP_NAME, build_app
 from slc.apps.serve_client import post_audio, wait_until_ready
-from slc.apps.serve_proxy import with_json_errors
+from slc.apps.serve_proxy import proxy_environment
 from slc.batch.cluster import check_address, init
 from slc.config import ServeConfig
 
@@ -52,10 +52,9 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     check_ingress(config, starts_ray=started_ray and not os.environ.get("RAY_ADDRESS"))
     if started_ray:
         check_address()
-        with_json_errors()  # the proxy, started by this Ray, inherits it
         haproxy_here = config.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"
         init(
-            {**QUIET_ENV, **(HAPROXY_ENV if haproxy_here else {})},
+            {**proxy_environment(), **QUIET_ENV, **(HAPROXY_ENV if haproxy_here else {})},
             # A Ray of its own: one that `ray start` left running here, which
             # ray.init would join, has Serve's proxy.
             address="local" if haproxy_here else None,

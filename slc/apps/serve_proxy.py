@@ -17,14 +17,15 @@ out of time. WebSocket streams have no deadline.
 
 The proxy loads it through Ray Serve's `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`
 (`PROXY_CALLBACK_ENV`), which every node's environment must carry before Ray
-starts there: `with_json_errors()` sets it for a Ray started by this process;
-`ray start` on a cluster needs it exported (cluster.yaml does).
+starts there: `proxy_environment()` is what a Ray started by this process
+needs (see `slc.batch.cluster.init`); `ray start` on a cluster needs it
+exported (cluster.yaml does).
 """
 
 import json
 import logging
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.middleware import Middleware
@@ -53,13 +54,12 @@ def middlewares() -> list[Middleware]:
     return [Middleware(JsonErrors)]
 
 
-def with_json_errors(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Point Serve's proxy callback at `middlewares` in `environ`, unless it
-    names a callback already. Call it before Ray starts: the proxy inherits
-    the environment of the node it runs on. ValueError for a bad
-    `REQUEST_TIMEOUT_ENV`, here rather than in the proxy's log."""
+def proxy_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment a starting Ray needs for its proxy to load `middlewares`.
+    ValueError for a bad `REQUEST_TIMEOUT_ENV` in `environ`, which the proxy
+    would read: here, rather than in the proxy's log."""
     request_timeout_s(environ)
-    environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
 
 
 def request_timeout_s(environ: Mapping[str, str] = os.environ) -> float:

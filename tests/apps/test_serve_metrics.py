@@ -23,8 +23,8 @@ from slc.apps.serve_proxy import (
     TIMEOUT_HEADER,
     JsonErrors,
     middlewares,
+    proxy_environment,
     request_timeout_s,
-    with_json_errors,
 )
 from slc.config import ServeConfig
 
@@ -135,21 +135,16 @@ def test_a_bad_deadline_is_refused_naming_the_variable(value):
     with pytest.raises(ValueError, match=f"{REQUEST_TIMEOUT_ENV} must be a number of seconds >= 0"):
         request_timeout_s({REQUEST_TIMEOUT_ENV: value})
     with pytest.raises(ValueError, match=REQUEST_TIMEOUT_ENV):
-        with_json_errors({REQUEST_TIMEOUT_ENV: value})
+        proxy_environment({REQUEST_TIMEOUT_ENV: value})
     assert request_timeout_s({REQUEST_TIMEOUT_ENV: "0"}) == 0
     assert request_timeout_s({}) == DEFAULT_REQUEST_TIMEOUT_S
 
 
-def test_the_proxy_callback_is_importable_and_set_only_when_unset():
+def test_the_proxy_callback_is_importable_and_named_for_a_starting_ray():
     module, name = PROXY_CALLBACK.split(":")
     assert getattr(__import__(module, fromlist=[name]), name) is middlewares
     assert [m.cls for m in middlewares()] == [JsonErrors]
-    environ = {}
-    with_json_errors(environ)
-    assert environ == {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
-    environ = {PROXY_CALLBACK_ENV: "mine:callback"}
-    with_json_errors(environ)
-    assert environ == {PROXY_CALLBACK_ENV: "mine:callback"}
+    assert proxy_environment({}) == {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
 
 
 # --- metrics from a running endpoint ----------------------------------------
