@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import secrets
 import socket
 import subprocess
@@ -481,23 +482,68 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
 
 
+@contextlib.contextmanager
+def serve_command(*args: str, cwd: Path) -> Iterator[str]:
+    """`slc serve ARGS` as a user runs it: yields its URL once it says it is
+    serving; then Ctrl-C, which must stop it and everything it started.
+    Killed with its process group, and the test failed, if it does not."""
+    import signal
+    import threading
+
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "slc"), "serve", *args, "--port", str(port)]
+    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)  # fmt: skip
+    lines: list[str] = []
+    serving = threading.Event()
+
+    def read() -> None:
+        for line in server.stdout:
+            lines.append(line)
+            if "(Ctrl-C stops)" in line:
+                serving.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert serving.wait(timeout=180) and server.poll() is None, "".join(lines)[-3000:]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+            pytest.fail("slc serve did not stop on Ctrl-C within 120 s:\n" + "".join(lines)[-3000:])
+        finally:
+            reader.join(timeout=10)
+    assert server.returncode == 0, "".join(lines)[-3000:]
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
+
+
+def test_serve_gives_its_proxy_json_errors_and_a_deadline(small_bundle, german_wav, tmp_path):
+    """`slc serve` with its own Ray: a request past its deadline gets a JSON
+    504 from Serve's proxy, the others are answered."""
+    from slc.apps.serve_proxy import TIMEOUT_HEADER
+
+    with serve_command(str(small_bundle), cwd=tmp_path) as url:
+        late = requests.post(f"{url}/v1/classify", data=german_wav, headers={TIMEOUT_HEADER.decode(): "0.001"}, timeout=30)
+        assert late.status_code == 504 and late.headers["content-type"] == "application/json", late.text
+        assert late.json()["error"] == "timeout" and "timed out" in late.json()["detail"]
+        assert requests.post(f"{url}/v1/classify", data=german_wav, timeout=30).status_code == 200
+
+
 def test_serve_with_haproxy_in_front_of_two_replicas_answers_http_and_websocket_and_stops(
     small_bundle, classifier, german_wav, tmp_path
 ):  # fmt: skip
     """`slc serve --ingress haproxy` as a user runs it: its own Ray, HAProxy on
     the port, each replica serving HTTP itself; Ctrl-C stops all of it."""
-    import signal
-
-    from slc.apps.serve_client import post_audio, wait_until_ready
+    from slc.apps.serve_client import post_audio
     from slc.apps.stream_client import stream_events
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).parent / "slc"), "serve", str(small_bundle), "--ingress", "haproxy",
-               "--replicas", "2", "--port", str(port)]  # fmt: skip
-    server = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_until_ready(url, timeout_s=120)
+    with serve_command(str(small_bundle), "--ingress", "haproxy", "--replicas", "2", cwd=tmp_path) as url:
         status, answer = post_audio(url, german_wav)
         assert status == 200
         assert_same_answer(answer, expected(classifier, german_wav))
@@ -508,13 +554,7 @@ def test_serve_with_haproxy_in_front_of_two_replicas_answers_http_and_websocket_
         start = {"sample_rate": rate, "encoding": "pcm_s16le", "channels": 1}
         closed = stream_events(url, [samples.tobytes()], start, realtime=False, on_event=events.append)
         assert closed is None and events[0]["type"] == "ready" and events[-1]["type"] == "final"
-    finally:
-        server.send_signal(signal.SIGINT)
-        output = server.communicate(timeout=120)[0]
-    assert server.returncode in (0, 130), output[-3000:]  # 130: ended by Ctrl-C, as with Serve's own proxy
     assert subprocess.run(["pgrep", "-x", "haproxy"], capture_output=True).returncode == 1, "HAProxy is still running"
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
 
 
 # --- one clip the model fails on fails alone ------------------------------------
