@@ -33,12 +33,17 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(sma
         from slc.apps.label import label
         from slc.config import LabelConfig
 
-        # Says what each classifier actor was given (its GPUs, the device asked for) and where its model runs.
+        # Writes down what each classifier actor was given (its GPUs, the device
+        # asked for) and where its model runs: a file, as an actor's printed
+        # lines may not reach the driver before Ray stops.
+        REPORTS = sys.argv[5]
+
         class Reporting(label_pipeline.Labeller):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                print("ACTOR " + json.dumps({"gpu_ids": ray.get_gpu_ids(), "asked": kwargs.get("device"),
-                                             "runs_on": self.classifier.device, "variant": self.classifier.variant}), flush=True)
+                with open(REPORTS, "a") as reports:
+                    reports.write(json.dumps({"gpu_ids": ray.get_gpu_ids(), "asked": kwargs.get("device"),
+                                              "runs_on": self.classifier.device, "variant": self.classifier.variant}) + "\\n")
 
         label_pipeline.Labeller = Reporting  # defined here, so it travels to the actors by value
 
@@ -55,9 +60,10 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(sma
     # A temp dir of its own keeps this Ray apart from the session's; short, as
     # Ray's socket paths are limited to 107 bytes.
     temp_dir = tempfile.mkdtemp(prefix="slc-gpu-", dir="/tmp")
+    reports = tmp_path / "actors.jsonl"
     try:
         result = subprocess.run(
-            [sys.executable, "-c", script, temp_dir, str(clips), str(bundle), str(tmp_path / "labels")],
+            [sys.executable, "-c", script, temp_dir, str(clips), str(bundle), str(tmp_path / "labels"), str(reports)],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
     finally:
@@ -65,7 +71,7 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(sma
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     summaries = [json.loads(part.splitlines()[0]) for part in output.split("SUMMARY ")[1:]]
-    actors = [json.loads(part.splitlines()[0]) for part in output.split("ACTOR ")[1:]]
+    actors = [json.loads(line) for line in reports.read_text().splitlines()]
     # No variant named: fp32 on the GPU, and the summary says so; a variant named is the one run.
     assert summaries == [
         {"shape": "pool", "listed": 2, "labelled": 2, "variant": "fp32"},
