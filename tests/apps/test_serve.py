@@ -492,8 +492,15 @@ def serve_command(*args: str, cwd: Path) -> Iterator[str]:
 
     port = free_port()
     command = [str(Path(sys.executable).parent / "slc"), "serve", *args, "--port", str(port)]
-    server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)  # fmt: skip
+    # A process started with SIGINT ignored (tests run as a background job)
+    # keeps it ignored; one whose parent handles it starts with the default,
+    # as from a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        server = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  start_new_session=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     lines: list[str] = []
     serving = threading.Event()
 
