@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -123,12 +124,29 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def run(bundle: str | Path, config: ServeConfig = ServeConfig()) -> None:
-    """Serve `bundle` on config.host:config.port until Ctrl-C."""
+    """Serve `bundle` on config.host:config.port until Ctrl-C or SIGTERM
+    (`docker stop`, a pod's end), then stop it all."""
     with running(bundle, config) as url:
         log.info("serving %s at %s (Ctrl-C stops)", bundle, url)
-        with contextlib.suppress(KeyboardInterrupt):
+        with _sigterm_as_ctrl_c(), contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the block as Ctrl-C does. Otherwise Ray's handler, set
+    when this process started Ray, prints a stack trace and aborts."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        # None: a handler Python did not set, which it cannot put back.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def classify_once(bundle: str | Path, path: str | Path, config: ServeConfig = ServeConfig()) -> tuple[int, dict[str, Any]]:

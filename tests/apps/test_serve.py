@@ -11,6 +11,7 @@ import io
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -483,11 +484,11 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
 
 
 @contextlib.contextmanager
-def serve_command(*args: str, cwd: Path) -> Iterator[str]:
+def serve_command(*args: str, cwd: Path, stop: signal.Signals = signal.SIGINT) -> Iterator[str]:
     """`slc serve ARGS` as a user runs it: yields its URL once it says it is
-    serving; then Ctrl-C, which must stop it and everything it started.
+    serving; then `stop` (Ctrl-C's SIGINT, or SIGTERM as `docker stop` sends),
+    which must stop it and everything it started, with exit status 0.
     Killed with its process group, and the test failed, if it does not."""
-    import signal
     import threading
 
     port = free_port()
@@ -516,13 +517,13 @@ def serve_command(*args: str, cwd: Path) -> Iterator[str]:
         assert serving.wait(timeout=180) and server.poll() is None, "".join(lines)[-3000:]
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(stop)
         try:
             server.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-            pytest.fail("slc serve did not stop on Ctrl-C within 120 s:\n" + "".join(lines)[-3000:])
+            pytest.fail(f"slc serve did not stop on {stop.name} within 120 s:\n" + "".join(lines)[-3000:])
         finally:
             reader.join(timeout=10)
     assert server.returncode == 0, "".join(lines)[-3000:]
@@ -530,12 +531,12 @@ def serve_command(*args: str, cwd: Path) -> Iterator[str]:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
 
 
-def test_serve_gives_its_proxy_json_errors_and_a_deadline(small_bundle, german_wav, tmp_path):
+def test_serve_gives_its_proxy_json_errors_and_a_deadline_and_stops_on_sigterm(small_bundle, german_wav, tmp_path):
     """`slc serve` with its own Ray: a request past its deadline gets a JSON
-    504 from Serve's proxy, the others are answered."""
+    504 from Serve's proxy, the others are answered; SIGTERM stops it cleanly."""
     from slc.apps.serve_proxy import TIMEOUT_HEADER
 
-    with serve_command(str(small_bundle), cwd=tmp_path) as url:
+    with serve_command(str(small_bundle), cwd=tmp_path, stop=signal.SIGTERM) as url:
         late = requests.post(f"{url}/v1/classify", data=german_wav, headers={TIMEOUT_HEADER.decode(): "0.001"}, timeout=30)
         assert late.status_code == 504 and late.headers["content-type"] == "application/json", late.text
         assert late.json()["error"] == "timeout" and "timed out" in late.json()["detail"]
