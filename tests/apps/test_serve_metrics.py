@@ -48,7 +48,7 @@ def _app(status: int | None, body: bytes = b"", kind: bytes = b"text/plain", chu
     return app
 
 
-def _call(app, path: str = "/v1/classify", headers=()) -> tuple[int, dict[bytes, bytes], bytes, int]:
+def _call(app, path: str = "/v1/classify") -> tuple[int, dict[bytes, bytes], bytes, int]:
     """(status, headers, body, messages sent) of one POST through `app`."""
     sent = []
 
@@ -58,7 +58,7 @@ def _call(app, path: str = "/v1/classify", headers=()) -> tuple[int, dict[bytes,
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": list(headers)}, receive, send))
+    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send))
     (start,) = [m for m in sent if m["type"] == "http.response.start"]
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], dict(start["headers"]), body, len(sent)
