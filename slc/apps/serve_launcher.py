@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 # flight; Ray would print that the call "failed" and will be retried.
 QUIET_ENV = {"RAY_enable_output_error_log_if_still_retry": "0"}
 # Serve's HAProxy front, read from the environment its processes start with.
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_ENV = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    HAPROXY_SWITCH: "1",
     # A replica otherwise stays reachable for 30 s once its shutdown starts, for
     # load balancers in front of a cluster to drop it; a Ray started here stops
     # with the command, and nothing is in front of it.
@@ -53,7 +54,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
     check_ingress(config, starts_ray=started_ray and not os.environ.get("RAY_ADDRESS"))
     if started_ray:
         check_address()
-        haproxy_here = config.ingress == "haproxy" and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1"
+        haproxy_here = config.ingress == "haproxy" and not _haproxy_switched_on()
         init(
             {**proxy_environment(), **QUIET_ENV, **(HAPROXY_ENV if haproxy_here else {})},
             # A Ray of its own: one that `ray start` left running here, which
@@ -84,11 +85,16 @@ def check_ingress(config: ServeConfig, starts_ray: bool) -> None:
         haproxy_binary()
     except FileNotFoundError as error:
         raise FileNotFoundError(f"--ingress haproxy: {error}") from None
-    if not starts_ray and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") != "1":
+    if not starts_ray and not _haproxy_switched_on():
         raise ValueError(
             "--ingress haproxy on a running Ray: Serve takes it from the environment of `ray start`; "
             "export RAY_SERVE_ENABLE_HA_PROXY=1 there (and in this shell), or run without RAY_ADDRESS to start a Ray here"
         )
+
+
+def _haproxy_switched_on() -> bool:
+    """Whether this environment, and so a Ray started from it, has Serve's HAProxy front on."""
+    return os.environ.get(HAPROXY_SWITCH) == "1"
 
 
 def haproxy_binary() -> str:
