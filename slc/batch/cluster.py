@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
+import signal
 import socket
+import threading
 from collections.abc import Iterator, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import ray
 
+log = logging.getLogger(__name__)
 # RAY_ADDRESS as host:port of a cluster's GCS (not `auto`, `local` or a ray:// client address).
 _GCS_ADDRESS = re.compile(r"^(?P<host>[\w.-]+):(?P<port>\d+)$")
 
@@ -59,9 +64,37 @@ def connect(dashboard: bool = False) -> None:
 def init(environ: Mapping[str, str] = MappingProxyType({}), **kwargs) -> None:
     """`ray.init(**kwargs)`, with `environ` in the environment of the processes
     a Ray it starts inherits, and those processes retrying their sockets
-    often (see `_SOCKET_RETRY_ENV`). A variable set already keeps its value."""
-    with _environment({**_SOCKET_RETRY_ENV, **environ}):
+    often (see `_SOCKET_RETRY_ENV`). A variable set already keeps its value.
+    A Ctrl-C while Ray starts takes effect once it has (see `_ctrl_c_held`)."""
+    with _environment({**_SOCKET_RETRY_ENV, **environ}), _ctrl_c_held():
         ray.init(**kwargs)
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """A first Ctrl-C (SIGINT) in the block interrupts at its end, a second
+    one at once. Ray interrupted while it starts its processes leaves some of
+    them running with nothing to stop them; started, it stops them at exit."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # SIGINT ignored, or not this thread's to handle
+        return
+    held: list[Any] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            previous(signum, frame)
+            return
+        held.append(frame)
+        log.warning("interrupted: stopping as soon as Ray has started (Ctrl-C again stops at once)")
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(signal.SIGINT, held[0])
 
 
 @contextlib.contextmanager

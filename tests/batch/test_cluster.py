@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import ray
 
@@ -29,3 +34,47 @@ def test_a_users_own_ray_settings_win(monkeypatch):
     monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(os.environ))
     cluster.init()
     assert (seen[RETRY_MS], seen[ATTEMPTS]) == ("1000", "200")
+
+
+# Ctrl-C as soon as `ray.init` has started the raylet, which is starting its agents.
+INTERRUPTED_START = """
+import signal
+import ray, ray._private.services as services
+from slc.batch import cluster
+
+start_raylet = services.start_raylet
+def interrupted(*args, **kwargs):
+    started = start_raylet(*args, **kwargs)
+    signal.raise_signal(signal.SIGINT)
+    return started
+services.start_raylet = interrupted
+try:
+    cluster.init(address="local", include_dashboard=False, logging_level="ERROR")
+except KeyboardInterrupt:
+    print("interrupted; Ray started:", ray.is_initialized(), flush=True)
+    raise
+print("not interrupted", flush=True)
+"""
+
+
+def _session_processes(sid: int) -> list[str]:
+    rows = subprocess.run(["ps", "-eo", "sid=,args="], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [row.split(None, 1)[1][:100] for row in rows if row.split(None, 1)[0] == str(sid)]
+
+
+def test_ctrl_c_while_ray_starts_stops_once_it_has_started_and_leaves_no_process():
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_START], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out = child.communicate(timeout=120)[0]
+        deadline = time.monotonic() + 15
+        while (left := _session_processes(child.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+    assert "interrupted; Ray started: True" in out, out
+    assert child.returncode != 0
+    assert left == [], f"Ray processes left running: {left}"
