@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import ray
 
 from slc.batch import cluster
@@ -36,12 +37,43 @@ def test_a_users_own_ray_settings_win(monkeypatch):
     assert (seen[RETRY_MS], seen[ATTEMPTS]) == ("1000", "200")
 
 
+
+def _init_interrupted(monkeypatch, times: int) -> list[str]:
+    """cluster.init on a `ray.init` that gets `times` Ctrl-Cs: what it got done."""
+    done = []
+
+    def init(**kwargs):
+        for i in range(times):
+            signal.raise_signal(signal.SIGINT)
+            done.append(f"after Ctrl-C {i + 1}")
+        done.append("Ray started")
+
+    monkeypatch.setattr(ray, "init", init)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, not a background job
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cluster.init()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return done
+
+
+def test_a_ctrl_c_while_ray_starts_interrupts_once_it_has_started(monkeypatch):
+    assert _init_interrupted(monkeypatch, 1) == ["after Ctrl-C 1", "Ray started"]
+
+
+def test_a_second_ctrl_c_while_ray_starts_interrupts_at_once(monkeypatch):
+    assert _init_interrupted(monkeypatch, 2) == ["after Ctrl-C 1"]
+
+
 # Ctrl-C as soon as `ray.init` has started the raylet, which is starting its agents.
 INTERRUPTED_START = """
 import signal
 import ray, ray._private.services as services
 from slc.batch import cluster
 
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, not a background job
 start_raylet = services.start_raylet
 def interrupted(*args, **kwargs):
     started = start_raylet(*args, **kwargs)
