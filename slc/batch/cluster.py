@@ -73,8 +73,8 @@ def init(environ: Mapping[str, str] = MappingProxyType({}), **kwargs) -> None:
 @contextlib.contextmanager
 def _ctrl_c_held() -> Iterator[None]:
     """A first Ctrl-C (SIGINT) in the block interrupts at its end, a second
-    one at once. Ray interrupted while it starts its processes leaves some of
-    them running with nothing to stop them; started, it stops them at exit."""
+    one at once. Ray interrupted while it starts its processes leaves its
+    agents running for a minute or more; started, it stops them all at exit."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield  # SIGINT ignored, or not this thread's to handle
