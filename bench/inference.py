@@ -4,7 +4,10 @@
   it was exported from), at batch 1 and 16 of 4 s clips (targets >= 2.5x and
   >= 2x), each ratio the median of rounds timed in alternation with fp32;
 - each quantized / optimised variant of the bundle vs fp32;
-- file sizes.
+- file sizes;
+- how close fp32 and PyTorch come to the core: the model's GFLOP per pass
+  (PyTorch's FLOP counter) over each one's time, against onnxruntime's own
+  MatMul on one large square matrix, the most this core gives one thread.
 
 Run after `make demo` (or pass your own): `python bench/inference.py
 [--checkpoint demo-output/run/best] [--bundle demo-output/bundle]`, or
@@ -27,7 +30,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch.utils.flop_counter import FlopCounterMode
 
 from slc.config import ModelConfig
 from slc.export.exporter import FRAMES_4S, TORCH, export_model
@@ -95,28 +101,58 @@ def compare(model: LanguageClassifier, files: dict[str, Path], rounds: int, repe
         speedups = paired_speedups({**runs, TORCH: torch_run}, rounds, repeats)
         fp32_ms = p50_ms(runs[FP32], repeats)
         timings = {name: fp32_ms / speedups[name] for name in runs}
-        rows.append((batch, fp32_ms / speedups[TORCH], timings))
+        rows.append((batch, fp32_ms / speedups[TORCH], timings, model_gflop(model, features_t, lengths_t)))
 
     print(f"\n{title}: 4 s clips ({FRAMES_4S} frames), one thread; ms: p50 of {repeats} runs; "
           f"ratios: median of {rounds} rounds each timed against fp32\n")
     names = list(files)
     print(f"{'batch':>5}  {'torch ms':>9}  " + "  ".join(f"{n:>14}" for n in names))
-    for batch, torch_ms, timings in rows:
+    for batch, torch_ms, timings, _ in rows:
         print(f"{batch:>5}  {torch_ms:>9.2f}  " + "  ".join(f"{timings[n]:>11.2f} ms" for n in names))
     print(f"\n{'variant':<14}  {'size MB':>8}  {'vs torch b1':>11}  {'vs torch b16':>12}  {'vs fp32 b1':>10}  {'vs fp32 b16':>11}")
     for name in names:
         size = files[name].stat().st_size / 1e6
-        vs_torch = [torch_ms / timings[name] for _, torch_ms, timings in rows]
-        vs_fp32 = [timings["fp32"] / timings[name] for _, _, timings in rows]
+        vs_torch = [torch_ms / timings[name] for _, torch_ms, timings, _ in rows]
+        vs_fp32 = [timings["fp32"] / timings[name] for _, _, timings, _ in rows]
         print(f"{name:<14}  {size:>8.2f}  {vs_torch[0]:>10.2f}x  {vs_torch[1]:>11.2f}x  {vs_fp32[0]:>9.2f}x  {vs_fp32[1]:>10.2f}x")
-    fp32 = [torch_ms / timings["fp32"] for _, torch_ms, timings in rows]
+    peak = matmul_peak_gflops()
+    print(f"\n{'batch':>5}  {'GFLOP':>6}  {'torch GFLOP/s':>13}  {'fp32 GFLOP/s':>12}  (onnxruntime MatMul 1024^3 on this core: {peak:.0f} GFLOP/s)")
+    for batch, torch_ms, timings, gflop in rows:
+        print(f"{batch:>5}  {gflop:>6.2f}  {gflop / torch_ms * 1e3:>13.0f}  {gflop / timings['fp32'] * 1e3:>12.0f}")
+    fp32 = [torch_ms / timings["fp32"] for _, torch_ms, timings, _ in rows]
     print(f"\nORT fp32 vs PyTorch eager: {fp32[0]:.2f}x at batch 1, {fp32[1]:.2f}x at batch 16 (targets >= 2.5x and >= 2x)")
     int8 = [name for name in names if name.startswith("int8")]
     if int8:
-        best = max(int8, key=lambda name: min(timings["fp32"] / timings[name] for _, _, timings in rows))
-        vs_fp32 = [timings["fp32"] / timings[best] for _, _, timings in rows]
+        best = max(int8, key=lambda name: min(timings["fp32"] / timings[name] for _, _, timings, _ in rows))
+        vs_fp32 = [timings["fp32"] / timings[best] for _, _, timings, _ in rows]
         print(f"fastest int8 ({best}) vs fp32: {vs_fp32[0]:.2f}x at batch 1, {vs_fp32[1]:.2f}x at batch 16 "
               "(target on `base`: >= 1.5x)")
+
+
+
+def model_gflop(model: LanguageClassifier, features: torch.Tensor, lengths: torch.Tensor) -> float:
+    """GFLOP of one forward pass, as PyTorch's FLOP counter counts them (matrix products and convolutions)."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(features, lengths)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_peak_gflops(n: int = 1024, rounds: int = 5, repeats: int = 10) -> float:
+    """GFLOP/s of onnxruntime's fp32 MatMul of two n x n matrices on one thread, best of `rounds`."""
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [weight],
+    )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    matmul = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((n, n), dtype=np.float32)
+    best_ms = min(p50_ms(lambda: matmul.run(None, {"x": x}), repeats) for _ in range(rounds))
+    return 2 * n**3 / best_ms / 1e6
 
 
 if __name__ == "__main__":
