@@ -214,7 +214,11 @@ class Bar:
         self.label, self.unit, self.interval_s = label, unit, interval_s
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self.started: float | None = None  # at the first update: the work, not the set-up before it
+        # The clock starts at the first update (the work, not the set-up before
+        # it), and rates count what was done after it: a first update can bring
+        # a whole task's worth at once.
+        self.started: float | None = None
+        self.initial = 0.0
         self.shown = -math.inf
         self.done, self.total, self.figures = 0.0, None, ""
         self.printed: tuple[float, float] | None = None
@@ -222,7 +226,7 @@ class Bar:
 
     def __call__(self, done: float, total: float, **figures: Any) -> None:
         if self.started is None:
-            self.started = time.monotonic()
+            self.started, self.initial = time.monotonic(), done
         self.done, self.total = done, total
         self.figures = ", ".join(f"{name}={_number(value)}" for name, value in figures.items())
         if not self.interactive:
@@ -230,7 +234,9 @@ class Bar:
                 self._plain_line()
             return
         if self._bar is None:
-            self._bar = tqdm(total=total, desc=self.label, unit=self.unit, file=self.stream, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, initial=done, desc=self.label, unit=self.unit, file=self.stream, dynamic_ncols=True
+            )  # fmt: skip
         self._bar.total = total
         self._bar.set_postfix_str(self.figures, refresh=False)
         self._bar.update(done - self._bar.n)
@@ -253,7 +259,7 @@ class Bar:
         self.printed = (self.done, self.total)
         line = tqdm.format_meter(
             self.done, self.total, self.shown - self.started, prefix=self.label, unit=self.unit,
-            postfix=self.figures or None,
+            postfix=self.figures or None, initial=self.initial,
             bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
         )  # fmt: skip
         logging.getLogger("slc.progress").info("%s", line)
