@@ -28,6 +28,8 @@ from slc import storage
 log = logging.getLogger("slc.terminal")
 
 PLAIN_INTERVAL_S = 30.0
+# The shortest time a plain line computes a rate over.
+MIN_RATE_S = 1.0
 LOG_FILE = "logs/slc.log"
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers Ray gives a handler of their own that prints to stderr.
@@ -257,9 +259,12 @@ class Bar:
     def _plain_line(self) -> None:
         self.shown = time.monotonic()
         self.printed = (self.done, self.total)
+        elapsed = self.shown - self.started
         line = tqdm.format_meter(
-            self.done, self.total, self.shown - self.started, prefix=self.label, unit=self.unit,
+            self.done, self.total, elapsed, prefix=self.label, unit=self.unit,
             postfix=self.figures or None, initial=self.initial,
+            # Over less than a second (updates delivered together) a rate says nothing: 0 shows as `?`.
+            rate=None if elapsed >= MIN_RATE_S else 0,
             bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
         )  # fmt: skip
         logging.getLogger("slc.progress").info("%s", line)

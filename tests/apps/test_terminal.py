@@ -51,7 +51,7 @@ def test_off_a_tty_a_bar_is_a_plain_line_at_the_start_and_at_the_end(caplog):
     assert "loss=0.5123, val F1=0.8" in lines[1]
 
 
-def test_a_bars_rate_counts_only_the_work_after_its_first_update(caplog, monkeypatch):
+def test_a_bars_rate_counts_only_the_work_after_its_first_update_and_over_a_second_at_least(caplog, monkeypatch):
     # The first update brings a whole task's files at once, and the clock starts there.
     caplog.set_level(logging.INFO, logger="slc.progress")
     now = [100.0]
@@ -63,11 +63,13 @@ def test_a_bars_rate_counts_only_the_work_after_its_first_update(caplog, monkeyp
     monkeypatch.setattr(terminal.time, "monotonic", monotonic)
     with terminal.Bar("labelling", "file", interactive=False, interval_s=0) as bar:
         bar(64, 600)
+        bar(128, 600)  # delivered with the first
         now[0] += 2.0
-        bar(128, 600)
-    first, second = [r.getMessage() for r in caplog.records if r.name == "slc.progress"]
+        bar(192, 600)
+    first, second, third = [r.getMessage() for r in caplog.records if r.name == "slc.progress"]
     assert "64/600 file [00:00<?, ?file/s]" in first
-    assert "128/600 file [00:02<00:14, 32.00file/s]" in second
+    assert "128/600 file [00:00<?, ?file/s]" in second
+    assert "192/600 file [00:02<00:06, 64.00file/s]" in third
 
 
 def test_on_a_tty_a_bar_is_drawn_with_its_figures():
