@@ -20,7 +20,7 @@ from ray import serve
 from slc.apps.serve import APP_NAME, build_app
 from slc.apps.serve_client import post_audio, wait_until_ready
 from slc.apps.serve_proxy import proxy_environment
-from slc.batch.cluster import check_address, init
+from slc.batch.cluster import check_address, init, stop_as_on_ctrl_c
 from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,9 @@ def run(bundle: str | Path, config: ServeConfig = ServeConfig()) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops the block as Ctrl-C does. Otherwise Ray's handler, set
-    when this process started Ray, prints a stack trace and aborts."""
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    """SIGTERM stops the block as Ctrl-C does, on a Ray this process did not
+    connect to through `cluster.init` too (which sets it for the rest)."""
+    previous = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     try:
         yield
     finally:

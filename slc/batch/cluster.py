@@ -65,9 +65,20 @@ def init(environ: Mapping[str, str] = MappingProxyType({}), **kwargs) -> None:
     """`ray.init(**kwargs)`, with `environ` in the environment of the processes
     a Ray it starts inherits, and those processes retrying their sockets
     often (see `_SOCKET_RETRY_ENV`). A variable set already keeps its value.
-    A Ctrl-C while Ray starts takes effect once it has (see `_ctrl_c_held`)."""
+    A Ctrl-C while Ray starts takes effect once it has (see `_ctrl_c_held`);
+    a SIGTERM after it has started stops this process as Ctrl-C does."""
     with _environment({**_SOCKET_RETRY_ENV, **environ}), _ctrl_c_held():
         ray.init(**kwargs)
+    if threading.current_thread() is threading.main_thread():
+        # Ray's core worker takes SIGTERM with a handler that prints a stack
+        # trace and kills the process: no finally block runs.
+        signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
+
+
+def stop_as_on_ctrl_c(signum: int, frame: Any) -> None:
+    """A signal handler: raise KeyboardInterrupt, as Ctrl-C does (finally
+    blocks run, then Ray's exit handlers stop the processes it started)."""
+    raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

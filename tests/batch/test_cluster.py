@@ -94,9 +94,10 @@ def _session_processes(sid: int) -> list[str]:
     return [row.split(None, 1)[1][:100] for row in rows if row.split(None, 1)[0] == str(sid)]
 
 
-def test_ctrl_c_while_ray_starts_stops_once_it_has_started_and_leaves_no_process():
+def _run_alone(script: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`script` run by Python in a session of its own -> (its run, the processes of that session left after it)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", INTERRUPTED_START], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
     try:
@@ -107,6 +108,34 @@ def test_ctrl_c_while_ray_starts_stops_once_it_has_started_and_leaves_no_process
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
-    assert "interrupted; Ray started: True" in out, out
-    assert child.returncode != 0
+    return subprocess.CompletedProcess(child.args, child.returncode, out), left
+
+
+def test_ctrl_c_while_ray_starts_stops_once_it_has_started_and_leaves_no_process():
+    run, left = _run_alone(INTERRUPTED_START)
+    assert "interrupted; Ray started: True" in run.stdout, run.stdout
+    assert run.returncode != 0
+    assert left == [], f"Ray processes left running: {left}"
+
+
+# `docker stop`, a pod's end, `ray job stop`: SIGTERM to a process that started Ray.
+TERMINATED = """
+import os, signal, time
+import ray
+from slc.batch import cluster
+
+cluster.init(address="local", include_dashboard=False, logging_level="ERROR")
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+except KeyboardInterrupt:
+    print("stopped as by Ctrl-C", flush=True)
+    raise
+"""
+
+
+def test_sigterm_after_ray_has_started_stops_as_ctrl_c_does_without_rays_stack_trace():
+    run, left = _run_alone(TERMINATED)
+    assert "stopped as by Ctrl-C" in run.stdout, run.stdout
+    assert "SIGTERM received" not in run.stdout, run.stdout
     assert left == [], f"Ray processes left running: {left}"
