@@ -64,13 +64,17 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
             logging_level=logging.INFO if show_logs else logging.ERROR,
         )  # fmt: skip
     try:
-        serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
-        serve.run(app, name=APP_NAME, route_prefix="/")
-        url = f"http://{config.host}:{config.port}"
-        wait_until_ready(url)
-        yield url
+        if not serve.status().proxies:  # a Serve running already listens where it does
+            check_port_free(config.host, config.port)
+        try:
+            serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
+            serve.run(app, name=APP_NAME, route_prefix="/")
+            url = f"http://{config.host}:{config.port}"
+            wait_until_ready(url)
+            yield url
+        finally:
+            serve.shutdown()
     finally:
-        serve.shutdown()
         if started_ray:
             ray.shutdown()
 
@@ -111,6 +115,16 @@ def haproxy_binary() -> str:
             ) from None
         return found
     return get_haproxy_binary()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """OSError naming the address when something listens on `port` at `host`:
+    Serve would fail to bind it with a stack trace from its proxy actor."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"{host}:{port} is in use ({error.strerror}): choose another --port") from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

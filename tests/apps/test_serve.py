@@ -543,6 +543,20 @@ def test_serve_gives_its_proxy_json_errors_and_a_deadline_and_stops_on_sigterm(s
         assert requests.post(f"{url}/v1/classify", data=german_wav, timeout=30).status_code == 200
 
 
+def test_serve_on_a_port_in_use_says_so_without_a_stack_trace(small_bundle, tmp_path):
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        run = subprocess.run(
+            [str(Path(sys.executable).parent / "slc"), "serve", str(small_bundle), "--port", str(port)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120, start_new_session=True,
+        )  # fmt: skip
+    assert run.returncode == 2  # as every other error of the user's
+    assert f"error: 127.0.0.1:{port} is in use" in run.stderr, run.stderr[-3000:]
+    assert "Traceback" not in run.stdout + run.stderr, (run.stdout + run.stderr)[-3000:]
+
+
 def test_serve_with_haproxy_in_front_of_two_replicas_answers_http_and_websocket_and_stops(
     small_bundle, classifier, german_wav, tmp_path
 ):  # fmt: skip
