@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -237,10 +238,12 @@ def _opened(source: Source, label: str) -> Iterator[sf.SoundFile]:
     else:
         path = Path(source)
         try:
-            size = path.stat().st_size
+            status = path.stat()
         except OSError as error:
             raise UnreadableAudioError(label, error.strerror or str(error)) from None
-        if size == 0:
+        if stat.S_ISDIR(status.st_mode):
+            raise UnreadableAudioError(label, "a directory, not an audio file")
+        if status.st_size == 0:
             raise EmptyAudioError(label, "0 bytes")
         handle = os.fspath(path)
     try:

@@ -134,6 +134,11 @@ def test_missing_file_is_unreadable(tmp_path):
         audio.load(tmp_path / "nope.wav")
 
 
+def test_a_directory_is_unreadable_and_says_it_is_one(tmp_path):
+    with pytest.raises(audio.UnreadableAudioError, match="a directory, not an audio file"):
+        audio.load(tmp_path)
+
+
 def test_every_error_is_an_audio_error():
     for cls in (audio.EmptyAudioError, audio.UndecodableAudioError, audio.NonFiniteAudioError,
                 audio.TooShortAudioError, audio.TooLongAudioError, audio.UnreadableAudioError):
