@@ -9,6 +9,7 @@ encoding, rate and channels the caller names (what `arecord -f S16_LE` or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -16,8 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.sync.client import ClientConnection, connect
 
 from slc import audio
 from slc.config import AudioConfig
@@ -69,7 +70,7 @@ def stream_events(
     `{"code": ..., "reason": ...}`, or None after a normal close (1000)."""
     width = {"pcm_s16le": 2, "f32le": 4}[start["encoding"]] * start.get("channels", 1)
     address = url.rstrip("/").replace("http://", "ws://").replace("https://", "wss://") + "/v1/stream"
-    with connect(address, open_timeout=30, close_timeout=10, max_size=None) as ws:
+    with _connected(address) as ws:
         ws.send(json.dumps({"type": "start", **start}))
         reader = threading.Thread(target=_read, args=(ws, on_event), daemon=True)
         reader.start()
@@ -88,6 +89,26 @@ def stream_events(
     if ws.close_code in (None, 1000):
         return None
     return {"code": ws.close_code, "reason": ws.close_reason}
+
+
+@contextlib.contextmanager
+def _connected(address: str) -> Iterator[ClientConnection]:
+    """A WebSocket to `address`; failing to open one is an OSError or a
+    ValueError that names the address and says why."""
+    try:
+        ws = connect(address, open_timeout=30, close_timeout=10, max_size=None)
+    except InvalidURI:
+        raise ValueError(f"{address}: not a URL of an endpoint (http://HOST:PORT)") from None
+    except InvalidStatus as error:
+        status = error.response.status_code
+        raise ValueError(f"{address}: the server answered HTTP {status}, not a WebSocket: is it `slc serve`?") from None
+    except InvalidHandshake as error:
+        raise ValueError(f"{address}: the server did not answer as a WebSocket ({error}): is it `slc serve`?") from None
+    except OSError as error:  # TimeoutError among them
+        why = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        raise OSError(f"{address}: cannot connect ({why}); is `slc serve` running there?") from None
+    with ws:
+        yield ws
 
 
 def _read(ws: Any, on_event: Callable[[dict[str, Any]], None]) -> None:

@@ -10,6 +10,7 @@ smoothing against the truth in test_stream_session.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import subprocess
@@ -264,3 +265,38 @@ def test_slc_stream_prints_the_events_of_a_file_and_of_raw_pcm_on_stdin(endpoint
     assert events[-1]["type"] == "final" and events[-1]["duration_s"] == pytest.approx(12.0, abs=0.01)
     refused = subprocess.run([*slc, "-", "--encoding", "f32le"], input=pcm, capture_output=True, text=False, timeout=120)
     assert refused.returncode == 2 and b"1003" in refused.stderr and b"wrong_encoding" in refused.stderr
+
+
+def test_streaming_to_an_address_with_no_endpoint_names_it_and_says_why():
+    from slc.apps.serve_launcher import free_port
+    from slc.apps.stream_client import stream_events
+
+    start = {"sample_rate": RATE, "encoding": "pcm_s16le"}
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(OSError, match=r"ws://127.0.0.1:\d+/v1/stream: cannot connect \(Connection refused\)"):
+        stream_events(url, [], start, realtime=False, on_event=print)
+    with plain_http_server() as other:
+        with pytest.raises(ValueError, match=rf"{other}/v1/stream: the server answered HTTP 501, not a WebSocket"):
+            stream_events(other.replace("ws://", "http://"), [], start, realtime=False, on_event=print)
+
+
+@contextlib.contextmanager
+def plain_http_server() -> Iterator[str]:
+    """An HTTP server that answers every GET with 501 (no WebSocket), on a free port: its ws:// URL."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
