@@ -155,8 +155,8 @@ def run(bundle: str | Path, config: ServeConfig = ServeConfig()) -> None:
 
 @contextlib.contextmanager
 def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops the block as Ctrl-C does, on a Ray this process did not
-    connect to through `cluster.init` too (which sets it for the rest)."""
+    """SIGTERM stops the block as Ctrl-C does, also on a Ray this process
+    joined before `running` (`cluster.init` sets that handler when it joins)."""
     previous = signal.signal(signal.SIGTERM, stop_as_on_ctrl_c)
     try:
         yield

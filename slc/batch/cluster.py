@@ -16,6 +16,7 @@ from typing import Any
 import ray
 
 log = logging.getLogger(__name__)
+
 # RAY_ADDRESS as host:port of a cluster's GCS (not `auto`, `local` or a ray:// client address).
 _GCS_ADDRESS = re.compile(r"^(?P<host>[\w.-]+):(?P<port>\d+)$")
 
