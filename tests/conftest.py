@@ -25,6 +25,50 @@ import soxr
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
+# Every process the tests start inherits this variable, Ray's included: what
+# is left of them when the session ends is found by it, reported and killed.
+SESSION_MARK = ("SLC_TEST_SESSION", secrets.token_hex(8))
+os.environ[SESSION_MARK[0]] = SESSION_MARK[1]
+_left_behind: list[str] = []
+
+
+def _marked_processes() -> dict[int, str]:
+    """Live processes carrying this session's mark -> their command lines."""
+    mark = "=".join(SESSION_MARK).encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+            if mark in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Kill what the tests left running, after 10 s to exit on their own.
+    Ray can leave one: a Ray Train controller whose actor was killed when its
+    cluster went down keeps its process (its core worker shut down, its
+    interpreter never exits)."""
+    deadline = time.monotonic() + 10
+    while (left := _marked_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid, command in left.items():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _left_behind.append(f"{pid} {command[:120]}")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _left_behind:
+        terminalreporter.write_sep("-", f"killed {len(_left_behind)} processes the tests left running")
+        for line in _left_behind:
+            terminalreporter.write_line(line)
+
 
 def start_session_ray():
     """Start the session's local Ray; tests that need a cluster of their own
