@@ -363,7 +363,8 @@ def serve(
             "max_ongoing_requests": None if max_batch_size is None else max(base.max_ongoing_requests, 2 * max_batch_size),
         })  # fmt: skip
         if once is None:
-            run(bundle, settings)
+            with terminal.service():
+                run(bundle, settings)
             return
         status, answer = classify_once(bundle, once, settings)
     except _USER_ERRORS as error:

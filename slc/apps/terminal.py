@@ -5,7 +5,9 @@ bar per long stage; Ray's log lines, the output of its workers and actors,
 and Python warnings go to a log file that ends as `OUT/logs/slc.log`. With
 `--verbose` they show on the terminal as well, and slc's debug lines too.
 Off a TTY (CI, `ray job submit`) a bar becomes a plain line every
-`PLAIN_INTERVAL_S` and one at the end.
+`PLAIN_INTERVAL_S` and one at the end. `slc serve`, which runs until
+stopped, logs to a file in the temporary directory and keeps its replicas'
+request lines on the terminal (`service`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ MIN_RATE_S = 1.0
 LOG_FILE = "logs/slc.log"
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers Ray gives a handler of their own that prints to stderr.
-_RAY_LOGGERS = ("ray", "ray.data")
+_RAY_LOGGERS = ("ray", "ray.data", "ray.serve")
+# Worker lines that reach the terminal from any actor, by their first word (Ray's and Serve's log formats).
+_SHOWN_LEVELS = ("WARNING", "ERROR", "CRITICAL")
 
 
 class _TerminalHandler(logging.Handler):
@@ -122,6 +126,50 @@ def job(out: str | Path, uses_ray: bool = True) -> Iterator[None]:
     _keep(path, str(out))
     if not session.verbose:
         log.info("full log: %s", storage.join(storage.redact(str(out)), LOG_FILE))
+
+
+@contextlib.contextmanager
+def service() -> Iterator[None]:
+    """Around a command that serves until it is stopped: everything logged,
+    Ray's and Serve's loggers and the output of Ray's workers go to a log
+    file in the temporary directory, named at the start. The terminal keeps
+    slc's lines, the replicas' lines (a line per request) and the warnings
+    and errors of other actors; with --verbose, everything."""
+    session = _current()
+    handle, name = tempfile.mkstemp(prefix="slc-serve-", suffix=".log")
+    os.close(handle)
+    file = logging.FileHandler(name)
+    file.setFormatter(logging.Formatter(_FILE_FORMAT))
+    file.setLevel(logging.DEBUG if session.verbose else logging.INFO)
+    loggers = [logging.getLogger(n) for n in ("slc", "")]
+    for logger in loggers:
+        logger.addHandler(file)
+    log.info("log: %s", name)
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    if not session.verbose:  # verbose: Ray prints every worker line itself
+        dispatcher.add_handler("slc_terminal", _replica_lines(logging.getLogger("slc.serve")))
+    try:
+        with _ray_to(file, session.verbose):
+            yield
+    finally:
+        dispatcher.remove_handler("slc_terminal")
+        for logger in loggers:
+            logger.removeHandler(file)
+        file.close()
+
+
+def _replica_lines(logger: logging.Logger) -> Callable[[dict[str, Any]], None]:
+    """A handler for Ray's worker-output dispatcher: the lines of Serve's
+    replicas, and the warnings and errors of other actors, as records of `logger`."""
+
+    def write(batch: dict[str, Any]) -> None:
+        actor = batch.get("actor_name") or ""
+        for line in batch.get("lines", []):
+            if actor.startswith("ServeReplica") or line.split(" ", 1)[0] in _SHOWN_LEVELS:
+                logger.info("(%s pid=%s) %s", actor or batch.get("task_name"), batch.get("pid"), line)
+
+    return write
 
 
 def _keep(path: Path, out: str) -> None:

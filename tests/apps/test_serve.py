@@ -484,11 +484,12 @@ def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, class
 
 
 @contextlib.contextmanager
-def serve_command(*args: str, cwd: Path, stop: signal.Signals = signal.SIGINT) -> Iterator[str]:
+def serve_command(*args: str, cwd: Path, stop: signal.Signals = signal.SIGINT) -> Iterator[tuple[str, list[str]]]:
     """`slc serve ARGS` as a user runs it: yields its URL once it says it is
-    serving; then `stop` (Ctrl-C's SIGINT, or SIGTERM as `docker stop` sends),
-    which must stop it and everything it started, with exit status 0.
-    Killed with its process group, and the test failed, if it does not."""
+    serving, and the lines it has printed so far (the list grows); then
+    `stop` (Ctrl-C's SIGINT, or SIGTERM as `docker stop` sends), which must
+    stop it and everything it started, with exit status 0. Killed with its
+    process group, and the test failed, if it does not."""
     import threading
 
     port = free_port()
@@ -515,7 +516,7 @@ def serve_command(*args: str, cwd: Path, stop: signal.Signals = signal.SIGINT) -
     reader.start()
     try:
         assert serving.wait(timeout=180) and server.poll() is None, "".join(lines)[-3000:]
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", lines
     finally:
         server.send_signal(stop)
         try:
@@ -536,11 +537,17 @@ def test_serve_gives_its_proxy_json_errors_and_a_deadline_and_stops_on_sigterm(s
     504 from Serve's proxy, the others are answered; SIGTERM stops it cleanly."""
     from slc.apps.serve_proxy import TIMEOUT_HEADER
 
-    with serve_command(str(small_bundle), cwd=tmp_path, stop=signal.SIGTERM) as url:
+    with serve_command(str(small_bundle), cwd=tmp_path, stop=signal.SIGTERM) as (url, lines):
         late = requests.post(f"{url}/v1/classify", data=german_wav, headers={TIMEOUT_HEADER.decode(): "0.001"}, timeout=30)
         assert late.status_code == 504 and late.headers["content-type"] == "application/json", late.text
         assert late.json()["error"] == "timeout" and "timed out" in late.json()["detail"]
         assert requests.post(f"{url}/v1/classify", data=german_wav, timeout=30).status_code == 200
+        time.sleep(2)  # Ray forwards a replica's lines about once a second
+    # The terminal: slc's lines and a line per request, not Ray's and Serve's start-up.
+    printed = "".join(lines)
+    assert "POST /v1/classify 200" in printed, printed[-3000:]
+    for chatter in ("Started a local Ray instance", "Token authentication", "ProxyActor", "ServeController"):
+        assert chatter not in printed, printed[-3000:]
 
 
 def test_serve_on_a_port_in_use_says_so_without_a_stack_trace(small_bundle, tmp_path):
@@ -565,7 +572,7 @@ def test_serve_with_haproxy_in_front_of_two_replicas_answers_http_and_websocket_
     from slc.apps.serve_client import post_audio
     from slc.apps.stream_client import stream_events
 
-    with serve_command(str(small_bundle), "--ingress", "haproxy", "--replicas", "2", cwd=tmp_path) as url:
+    with serve_command(str(small_bundle), "--ingress", "haproxy", "--replicas", "2", cwd=tmp_path) as (url, _):
         status, answer = post_audio(url, german_wav)
         assert status == 200
         assert_same_answer(answer, expected(classifier, german_wav))
