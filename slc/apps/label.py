@@ -125,8 +125,8 @@ def _counting(progress: ProgressFn | None, total: int) -> Callable[[dict[str, An
 
 def summarize(listed: set[str], outcome: pa.Table, this_run: set[str], wall_s: float, cores: float | None) -> dict[str, Any]:
     """Counts, hours, languages and errors over the whole output; speed over
-    the files labelled in this run. Raises AccountingError if the output does
-    not hold every `listed` path exactly once."""
+    the files labelled in this run (None when it labelled none). Raises
+    AccountingError if the output does not hold every `listed` path exactly once."""
     rows = outcome.select(["path", "language", "duration_s", "error"]).to_pylist()
     accounting.reconcile(listed, (r["path"] for r in rows), "labelling")
     labelled = [r for r in rows if r["error"] is None]
@@ -142,7 +142,7 @@ def summarize(listed: set[str], outcome: pa.Table, this_run: set[str], wall_s: f
         "errors_by_reason": accounting.by_reason(r["error"] for r in rows),
         "wall_s": round(wall_s, 2),
         "cores": cores,
-        "audio_s_per_s_per_core": round(run_audio_s / wall_s / cores, 1) if cores else None,
+        "audio_s_per_s_per_core": round(run_audio_s / wall_s / cores, 1) if cores and this_run else None,
     }
 
 

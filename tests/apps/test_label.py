@@ -27,7 +27,7 @@ from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav
 from slc.apps.cli import app
 from slc.config import LabelConfig
 from slc.apps import label_pipeline
-from slc.apps.label import LabelError, Labeller, label, label_batch, read_batch, read_labels
+from slc.apps.label import LabelError, Labeller, format_summary, label, label_batch, read_batch, read_labels, summarize
 from slc.apps.label_pipeline import task_blocks
 from slc.batch.inputs import InputError, list_inputs
 from slc.runtime.classifier import Classifier
@@ -465,3 +465,12 @@ def test_each_task_writes_its_rows_when_it_finishes(speech, small_bundle, tmp_pa
     parts = sorted(out.glob("part-*.parquet"))
     assert summary["labelled"] == 12
     assert sorted(pq.read_table(p).num_rows for p in parts) == [2] * 6
+
+
+def test_a_resume_with_nothing_left_reports_no_speed():
+    outcome = pa.table({"path": ["a.wav", "b.wav"], "language": ["de", None], "duration_s": [3.0, None],
+                        "error": [None, "undecodable"]})  # fmt: skip
+    summary = summarize({"a.wav", "b.wav"}, outcome, set(), wall_s=2.5, cores=2.0)
+    assert summary["labelled_before"] == 2 and summary["audio_s_per_s_per_core"] is None
+    text = format_summary({**summary, "skipped_hidden": 0, "out": "labels/"})
+    assert "per second per core" not in text and "2 labelled before this run" in text
