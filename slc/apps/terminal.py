@@ -104,25 +104,14 @@ def job(out: str | Path, uses_ray: bool = True) -> Iterator[None]:
     else's directory) and the path of the log, in the temporary directory,
     is shown."""
     session = _current()
-    handle, name = tempfile.mkstemp(prefix="slc-", suffix=".log")
-    os.close(handle)
-    path = Path(name)
-    file = logging.FileHandler(path)
-    file.setFormatter(logging.Formatter(_FILE_FORMAT))
-    file.setLevel(logging.DEBUG if session.verbose else logging.INFO)
-    loggers = [logging.getLogger(n) for n in ("slc", "")]
-    for logger in loggers:
-        logger.addHandler(file)
-    try:
-        with _ray_to(file, session.verbose) if uses_ray else contextlib.nullcontext():
-            yield
-    except BaseException:
-        log.info("log: %s", path)
-        raise
-    finally:
-        for logger in loggers:
-            logger.removeHandler(file)
-        file.close()
+    with _temporary_log("slc-", session.verbose) as file:
+        path = Path(file.baseFilename)
+        try:
+            with _ray_to(file, session.verbose) if uses_ray else contextlib.nullcontext():
+                yield
+        except BaseException:
+            log.info("log: %s", path)
+            raise
     _keep(path, str(out))
     if not session.verbose:
         log.info("full log: %s", storage.join(storage.redact(str(out)), LOG_FILE))
@@ -135,25 +124,35 @@ def service() -> Iterator[None]:
     file in the temporary directory, named at the start. The terminal keeps
     slc's lines, the replicas' lines (a line per request) and the warnings
     and errors of other actors; with --verbose, everything."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
     session = _current()
-    handle, name = tempfile.mkstemp(prefix="slc-serve-", suffix=".log")
+    with _temporary_log("slc-serve-", session.verbose) as file:
+        log.info("log: %s", file.baseFilename)
+        if not session.verbose:  # verbose: Ray prints every worker line itself
+            dispatcher.add_handler("slc_terminal", _replica_lines(logging.getLogger("slc.serve")))
+        try:
+            with _ray_to(file, session.verbose):
+                yield
+        finally:
+            dispatcher.remove_handler("slc_terminal")
+
+
+@contextlib.contextmanager
+def _temporary_log(prefix: str, verbose: bool) -> Iterator[logging.FileHandler]:
+    """A log file in the temporary directory that slc's loggers and the root
+    logger write to while the block runs; closed (not removed) after it."""
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
     os.close(handle)
     file = logging.FileHandler(name)
     file.setFormatter(logging.Formatter(_FILE_FORMAT))
-    file.setLevel(logging.DEBUG if session.verbose else logging.INFO)
+    file.setLevel(logging.DEBUG if verbose else logging.INFO)
     loggers = [logging.getLogger(n) for n in ("slc", "")]
     for logger in loggers:
         logger.addHandler(file)
-    log.info("log: %s", name)
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-    if not session.verbose:  # verbose: Ray prints every worker line itself
-        dispatcher.add_handler("slc_terminal", _replica_lines(logging.getLogger("slc.serve")))
     try:
-        with _ray_to(file, session.verbose):
-            yield
+        yield file
     finally:
-        dispatcher.remove_handler("slc_terminal")
         for logger in loggers:
             logger.removeHandler(file)
         file.close()
