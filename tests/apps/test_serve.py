@@ -542,7 +542,9 @@ def test_serve_gives_its_proxy_json_errors_and_a_deadline_and_stops_on_sigterm(s
         assert late.status_code == 504 and late.headers["content-type"] == "application/json", late.text
         assert late.json()["error"] == "timeout" and "timed out" in late.json()["detail"]
         assert requests.post(f"{url}/v1/classify", data=german_wav, timeout=30).status_code == 200
-        time.sleep(2)  # Ray forwards a replica's lines about once a second
+        deadline = time.monotonic() + 15  # Ray forwards a replica's lines about once a second
+        while not any("POST /v1/classify 200" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.2)
     # The terminal: slc's lines and a line per request, not Ray's and Serve's start-up.
     printed = "".join(lines)
     assert "POST /v1/classify 200" in printed, printed[-3000:]
