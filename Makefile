@@ -26,11 +26,9 @@ setup: $(STAMP) espeak
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@# torch first and pinned: an unpinned resolve would pull the multi-GB CUDA build.
-	@# --no-compile: Python compiles a module when it is first imported; compiling
-	@# all 24,000 files of the environment up front took about 50 s of a set-up.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	@# The base install is the runtime side (predict, label, serve); `train` adds training and export.
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -e '.[train,dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[train,dev]'
 	@touch $(STAMP)
 
 espeak:
