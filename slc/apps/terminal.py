@@ -163,10 +163,10 @@ def _replica_lines(logger: logging.Logger) -> Callable[[dict[str, Any]], None]:
     replicas, and the warnings and errors of other actors, as records of `logger`."""
 
     def write(batch: dict[str, Any]) -> None:
-        actor = batch.get("actor_name") or ""
+        replica = (batch.get("actor_name") or "").startswith("ServeReplica")
         for line in batch.get("lines", []):
-            if actor.startswith("ServeReplica") or line.split(" ", 1)[0] in _SHOWN_LEVELS:
-                logger.info("(%s pid=%s) %s", actor or batch.get("task_name"), batch.get("pid"), line)
+            if replica or line.split(" ", 1)[0] in _SHOWN_LEVELS:
+                logger.info("(%s) %s", _source(batch), line)
 
     return write
 
@@ -243,11 +243,15 @@ def _worker_lines(logger: logging.Logger) -> Callable[[dict[str, Any]], None]:
     actor printed becomes a record of `logger`, prefixed like Ray's own."""
 
     def write(batch: dict[str, Any]) -> None:
-        source = " ".join(str(s) for s in (batch.get("actor_name") or batch.get("task_name"), f"pid={batch.get('pid')}") if s)
         for line in batch.get("lines", []):
-            logger.info("(%s) %s", source, line)
+            logger.info("(%s) %s", _source(batch), line)
 
     return write
+
+
+def _source(batch: dict[str, Any]) -> str:
+    """Who printed a batch of worker lines, as Ray's own prefix names it: `Actor pid=N`."""
+    return " ".join(str(s) for s in (batch.get("actor_name") or batch.get("task_name"), f"pid={batch.get('pid')}") if s)
 
 
 class Bar:
