@@ -66,6 +66,17 @@ def prepare_output(location: str | Path, overwrite: bool) -> tuple[pafs.FileSyst
     return fs, path
 
 
+def open_output(location: str | Path, resume: bool, overwrite: bool) -> tuple[pafs.FileSystem, str]:
+    """The output directory of a run: empty (emptied, with `overwrite`) for a
+    new run, as it is for a resumed one. Raises StorageError for one with
+    contents otherwise."""
+    if not resume:
+        return prepare_output(location, overwrite)
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+    return fs, path
+
+
 def write_json(fs: pafs.FileSystem, path: str, data: Any) -> None:
     write_text(fs, path, json.dumps(data, indent=2) + "\n")
 

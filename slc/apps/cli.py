@@ -119,6 +119,7 @@ def ingest(
     background: Annotated[Optional[str], typer.Option(help="Languages outside --labels that become the class 'other' (es,nl,pl), or all-others; split by language, so test's are never trained on. (default: none)")] = None,
     background_per_lang: Annotated[Optional[int], typer.Option(help=options.with_default("Most clips of one background language.", cfg.IngestConfig, "background_per_lang"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
+    resume: Annotated[bool, typer.Option(help="Keep the clips OUT already holds (same corpus and settings) and featurize the rest; rejected clips are tried again.")] = False,
 ) -> None:
     """Featurize a corpus into Parquet shards per split, with rejects and a summary."""
     with _training_extra("ingest"):
@@ -134,7 +135,7 @@ def ingest(
         }  # fmt: skip
         settings = config_io.resolve(cfg.IngestConfig, config, flags)
         with terminal.job(out), terminal.Bar("featurizing", "clip") as bar:
-            summary = run_ingest(corpus, out, settings, overwrite=overwrite, progress=bar)
+            summary = run_ingest(corpus, out, settings, overwrite=overwrite, resume=resume, progress=bar)
     except _USER_ERRORS as error:
         raise _fail(error) from None
     typer.echo(format_ingest_summary(summary))
@@ -152,6 +153,8 @@ def format_ingest_summary(summary: dict) -> str:
         f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
         f"  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)"
     )
+    if summary["kept_from_earlier_run"]:
+        lines.append(f"resumed: {summary['kept_from_earlier_run']} clips kept as an earlier run featurized them")
     if summary["augmented"]["clips"]:
         lines.append(
             f"augmented training copies: {summary['augmented']['clips']} ({summary['augmented']['hours']:.3f} h)"

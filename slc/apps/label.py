@@ -29,7 +29,7 @@ import ray
 
 from slc import config_io
 from slc import __version__, storage
-from slc.apps.label_output import LabelError, open_output, read_labels, read_parts, record_settings, settled, writer
+from slc.apps.label_output import LabelError, read_labels, read_parts, record_settings, settled, writer
 from slc.apps.label_pipeline import Labeller, choose_shape, gpu_variant, label_batch, pipeline, read_batch
 from slc.batch import accounting
 from slc.batch.cluster import check_address, connect
@@ -68,7 +68,7 @@ def label(
     bundle = Path(bundle).expanduser().resolve()  # workers may run in another directory
     classifier = Classifier(bundle, config.variant, config.threads, open_set=config.open_set)  # a bad bundle or variant fails here, not in a worker
     check_address()
-    fs, root = open_output(out, resume, overwrite)
+    fs, root = storage.open_output(out, resume, overwrite)
     listing = list_inputs(inputs, lang_column=config.truth_column)
     listed = {item["path"] for item in listing.items}
     connect()

@@ -127,17 +127,6 @@ def _read_csv(handle, columns: list[str] | None) -> pa.Table:
     return table.select(columns) if columns else table
 
 
-def open_output(out: str, resume: bool, overwrite: bool) -> tuple[pafs.FileSystem, str]:
-    """The output directory: empty (emptied, with `overwrite`) for a new run,
-    as it is when resuming. Raises StorageError for one with contents
-    otherwise."""
-    if not resume:
-        return storage.prepare_output(out, overwrite)
-    fs, root = storage.resolve(out)
-    fs.create_dir(root, recursive=True)
-    return fs, root
-
-
 def record_settings(fs: pafs.FileSystem, root: str, out: str, settings: dict[str, Any], resume: bool) -> None:
     """Write SETTINGS_FILE for this run. Resuming refuses an output written
     with settings that change the labels, and drops the parts an interrupted

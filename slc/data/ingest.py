@@ -22,13 +22,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from slc import config_io
 from slc import __version__, storage
 from slc.batch import accounting, inputs
 from slc.batch.cluster import check_address, connect
 from slc.batch.decode import decode_items
 from slc.batch.progress import ProgressFn, Reporter, relay
-from slc.data import augment
+from slc.data import augment, ingest_resume
 from slc.config import FeatureConfig, IngestConfig
 from slc.data.corpus import SPLITS, Corpus, discover
 from slc.data.features import Fbank, extract
@@ -41,37 +40,48 @@ log = logging.getLogger(__name__)
 
 def ingest(
     corpus: str | Path, out: str, config: IngestConfig = IngestConfig(), overwrite: bool = False,
-    progress: ProgressFn | None = None,
+    resume: bool = False, progress: ProgressFn | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Featurize every clip of `corpus` into shards under `out` (a path or URI).
 
-    Returns the summary also written to `out/summary.json`. Raises
-    `StorageError` when `out` has contents and not `overwrite`.
-    `progress(clips done, clips discovered)` follows the featurizing tasks.
+    With `resume`, the clips an earlier run on `out` featurized whole are
+    kept (`slc.data.ingest_resume`) and the others featurized: the shards end
+    as an uninterrupted run leaves them. Returns the summary also written to
+    `out/summary.json`. Raises `StorageError` when `out` has contents and
+    neither `resume` nor `overwrite`, `ShardError` when it cannot be resumed.
+    `progress(clips done, clips to featurize)` follows the featurizing tasks.
     """
     started = time.perf_counter()
     check_address()
-    fs, root = storage.prepare_output(out, overwrite)
+    fs, root = storage.open_output(out, resume, overwrite)
     labels = LabelSet.parse(config.labels) if config.labels else None
     found = discover(
         corpus, labels, config.split, config.format, config.lang_column, config.background, config.background_per_lang
     )
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
+    ingest_resume.record_config(fs, root, out, config, resume)
+    kept = ingest_resume.featurized(fs, root, out, {c.id for c in found.clips}, config.augment.copies) if resume else None
+    items = clip_items(found)
+    if kept is not None:
+        done = set(kept["id"].to_pylist())
+        items = [item for item in items if item["id"] not in done]
+        log.info("resuming: %d of %d clips featurized before, %d to go", len(found.clips) - len(items), len(found.clips), len(items))
 
-    connect()
     sink = ShardSink(fs, root, config.rows_per_file)
-    with without_resource_reservation(), relay(_counting(progress, len(found.clips))) as report:
-        _featurize(found, config, report).write_datasink(sink)
-    outcome = sink.outcomes
+    if items:
+        connect()
+        with without_resource_reservation(), relay(_counting(progress, len(items))) as report:
+            _featurize(items, config, [found.filesystem], report).write_datasink(sink)
+    outcome = sink.outcomes if kept is None else pa.concat_tables([kept, sink.outcomes])
     rejects = outcome.filter(pc.is_valid(outcome["reason"])).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)
     with fs.open_output_stream(storage.join(root, "rejects.parquet")) as stream:
         pq.write_table(rejects.sort_by("id"), stream)
 
     summary = summarize(found, outcome, time.perf_counter() - started)
+    summary.update(kept_from_earlier_run=len(found.clips) - len(items))
     summary.update(corpus=storage.redact(corpus), out=storage.redact(out), slc_version=__version__)
     storage.write_json(fs, storage.join(root, "summary.json"), summary)
     storage.write_text(fs, storage.join(root, "labels.json"), found.labels.to_json())
-    storage.write_text(fs, storage.join(root, "config.json"), config_io.dumps(config))
     return summary
 
 
@@ -101,11 +111,12 @@ def _counting(progress: ProgressFn | None, total: int) -> Callable[[dict[str, An
     return on_event
 
 
-def _featurize(found: Corpus, config: IngestConfig, report: Reporter | None = None) -> ray.data.Dataset:
-    items = clip_items(found)
+def _featurize(
+    items: list[dict[str, Any]], config: IngestConfig, filesystems: list[pafs.FileSystem], report: Reporter | None = None
+) -> ray.data.Dataset:
     blocks = max(1, math.ceil(len(items) / config.clips_per_task))
     return ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-        functools.partial(featurize_batch, config=config, filesystems=[found.filesystem], report=report),
+        functools.partial(featurize_batch, config=config, filesystems=filesystems, report=report),
         batch_format="pyarrow",
         batch_size=config.clips_per_task,
     )

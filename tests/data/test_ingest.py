@@ -1,7 +1,10 @@
 import dataclasses
 import json
+import re
+import shutil
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -14,7 +17,7 @@ from slc.apps.cli import app
 from slc.config import IngestConfig
 from slc.data.features import Fbank, extract
 from slc.data.ingest import ingest
-from slc.data.shards import SCHEMA_VERSION, read_rejects, read_split, unflatten
+from slc.data.shards import SCHEMA_VERSION, ShardError, read_rejects, read_split, unflatten
 from slc.storage import StorageError
 from slc.data.synth import make_corpus
 
@@ -123,10 +126,18 @@ def test_cli_labels_restrict_and_summary_prints(tmp_path, corpus, ray_session):
     assert summary["labels"] == ["en"] and summary["discovered"] == 12 + 3
 
 
-def test_augmented_copies_only_for_training_clips(corpus, tmp_path, ray_session):
-    config = IngestConfig(augment=dataclasses.replace(IngestConfig().augment, copies=2))
-    summary = ingest(corpus, str(tmp_path / "s"), config)
-    train = read_split(str(tmp_path / "s"), "train", columns=["id", "group", "augment", "n_frames"]).to_pylist()
+@pytest.fixture(scope="module")
+def augmented(corpus, tmp_path_factory, ray_session):
+    """Shards with two augmented copies of every training clip, in parts of
+    at most four rows: a clip's rows can span two parts."""
+    out = tmp_path_factory.mktemp("augmented") / "s"
+    config = IngestConfig(augment=dataclasses.replace(IngestConfig().augment, copies=2), rows_per_file=4)
+    return out, config, ingest(corpus, str(out), config)
+
+
+def test_augmented_copies_only_for_training_clips(augmented):
+    out, _, summary = augmented
+    train = read_split(str(out), "train", columns=["id", "group", "augment", "n_frames"]).to_pylist()
     originals = [r for r in train if r["augment"] is None]
     copies = [r for r in train if r["augment"] is not None]
     assert len(originals) == summary["splits"]["train"]["clips"]
@@ -134,5 +145,82 @@ def test_augmented_copies_only_for_training_clips(corpus, tmp_path, ray_session)
     assert {r["id"].split("#")[0] for r in copies} == {r["id"] for r in originals}
     assert all(Recipe.from_json(r["augment"]) for r in copies)
     for split in ("val", "test"):
-        assert read_split(str(tmp_path / "s"), split, columns=["augment"]).column("augment").null_count == summary["splits"][split]["clips"]
+        assert read_split(str(out), split, columns=["augment"]).column("augment").null_count == summary["splits"][split]["clips"]
     assert summary["accepted"] + summary["rejected"] == summary["discovered"]
+
+
+def _rows(out):
+    """Every shard row, by id: what training reads."""
+    return {r["id"]: r for split in ("train", "val", "test") for r in read_split(str(out), split).to_pylist()}
+
+
+def _interrupted_copy(out, tmp_path):
+    """A copy of the output `out` as a run cut short leaves it: one part of
+    `train` lost, one augmented copy of a clip missing from another part, a
+    part half-written, no summary or rejects yet. Returns the copy and the
+    clips it still holds whole."""
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    for name in ("summary.json", "rejects.parquet", "labels.json"):
+        (cut / name).unlink()
+    parts = sorted((cut / "train").glob("part-*.parquet"))
+    lost = pq.read_table(parts[0], columns=["id"])["id"].to_pylist()
+    parts[0].unlink()
+    table = pq.read_table(parts[1])
+    copy = next(i for i, recipe in zip(table["id"].to_pylist(), table["augment"].to_pylist()) if recipe)
+    pq.write_table(table.filter(pc.not_equal(table["id"], copy)), parts[1])
+    (cut / "train" / ".part-0123456789abcdef.parquet.tmp").write_bytes(b"PAR1")
+    gone = {i.split("#")[0] for i in lost} | {copy.split("#")[0]}
+    whole = {i for i, r in _rows(out).items() if r["augment"] is None and i not in gone}
+    return cut, whole
+
+
+def test_a_resumed_ingest_keeps_whole_clips_and_ends_as_an_uninterrupted_run(augmented, corpus, tmp_path):
+    out, config, summary = augmented
+    cut, whole = _interrupted_copy(out, tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(config_io.dumps(dataclasses.replace(config, rows_per_file=16)))  # a speed setting
+    result = CliRunner().invoke(app, ["ingest", str(corpus), str(cut), "--config", str(config_file), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert f"resumed: {len(whole)} clips kept" in result.output
+
+    expected, resumed = _rows(out), _rows(cut)
+    assert resumed.keys() == expected.keys()
+    for row_id, row in expected.items():
+        assert resumed[row_id]["features"] == row["features"], row_id
+    assert not list(cut.rglob(".part-*"))
+    again = json.loads((cut / "summary.json").read_text())
+    assert again["kept_from_earlier_run"] == len(whole)
+    different = {"wall_s", "kept_from_earlier_run", "out"}
+    assert {k: v for k, v in again.items() if k not in different} == {k: v for k, v in summary.items() if k not in different}
+    assert read_rejects(str(cut)).sort_by("id").to_pylist() == read_rejects(str(out)).sort_by("id").to_pylist()
+
+
+def test_resuming_a_finished_ingest_featurizes_only_its_rejects(shards, corpus, tmp_path):
+    out, summary = shards
+    shutil.copytree(out, tmp_path / "s")
+    again = ingest(corpus, str(tmp_path / "s"), IngestConfig(), resume=True)
+    assert again["kept_from_earlier_run"] == summary["accepted"]
+    assert again["rejected_by_reason"] == summary["rejected_by_reason"]
+    assert _rows(tmp_path / "s").keys() == _rows(out).keys()
+
+
+def test_resuming_with_other_settings_or_another_corpus_is_refused(shards, corpus, tmp_path):
+    out, _ = shards
+    shutil.copytree(out, tmp_path / "s")
+    other = IngestConfig(split=dataclasses.replace(IngestConfig().split, seed=7))
+    with pytest.raises(ShardError, match=r"other settings \(split.seed\)"):
+        ingest(corpus, str(tmp_path / "s"), other, resume=True)
+
+    smaller = tmp_path / "corpus"
+    shutil.copytree(corpus, smaller)
+    kept = next(r for r in read_split(str(out), "train", columns=["id"]).to_pylist())["id"]
+    (smaller / kept).unlink()
+    manifest = (smaller / "manifest.csv").read_text().splitlines(keepends=True)
+    (smaller / "manifest.csv").write_text("".join(line for line in manifest if not line.startswith(f"{kept},")))
+    with pytest.raises(ShardError, match=re.escape(f"not in the corpus (e.g. {kept})")):
+        ingest(smaller, str(tmp_path / "s"), IngestConfig(), resume=True)
+
+    (tmp_path / "s" / "config.json").unlink()
+    with pytest.raises(ShardError, match="no config.json; not an ingest output to resume"):
+        ingest(corpus, str(tmp_path / "s"), IngestConfig(), resume=True)
