@@ -218,8 +218,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
 
     for epoch in range(start_epoch, config.epochs):
-        # Seeded per epoch, so a resumed run sees the batches an uninterrupted one would.
+        # Seeded per epoch, so a resumed run draws the batches, masks and
+        # dropout of an uninterrupted one.
         rng = np.random.default_rng([config.seed, rank, epoch])
+        torch.manual_seed(int(rng.integers(2**63)))
         # Rank 0 reports its steps and epochs to the driver, which shows them once.
         report: Reporter | None = loop_config["report"] if rank == 0 else None
         on_step = functools.partial(report, epoch=epoch + 1) if report else None
