@@ -89,6 +89,17 @@ def ray_session():
     ray.shutdown()
 
 
+def registered_epochs(out: Path) -> list[int]:
+    """Epochs of the checkpoints Ray Train has registered for the run in
+    `out` (those a restarted run resumes from), from the snapshot it keeps in
+    `out/run`. A checkpoint written by a worker that died before reporting it
+    is on disk but not here."""
+    snapshot = out / "run" / "checkpoint_manager_snapshot.json"
+    with contextlib.suppress(FileNotFoundError, ValueError):  # not yet, or caught mid-write
+        return sorted(r["metrics"]["epoch"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
+    return []
+
+
 def espeak_wav(text: str, voice: str = "en", rate: int = 160) -> bytes:
     """WAV bytes (22050 Hz, 16-bit mono) of espeak-ng saying `text`."""
     return subprocess.run(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import espeak_wav
+from conftest import espeak_wav, registered_epochs
 from fault_cluster import (
     FaultCluster,
     busiest_node,
@@ -167,20 +167,6 @@ def test_ingest_keeps_every_clip_once_when_a_featurizing_node_dies(fault_cluster
 # --- slc train -------------------------------------------------------------
 
 
-def _registered_epochs(out: Path) -> list[int]:
-    """Epochs of the checkpoints Ray Train has registered (the ones a
-    restarted run resumes from), from the snapshot it keeps in the run folder.
-    A checkpoint written by a worker that died before reporting it is on disk
-    but not here."""
-    snapshot = out / "run" / "checkpoint_manager_snapshot.json"
-    if not snapshot.exists():
-        return []
-    with contextlib.suppress(ValueError):  # caught mid-write
-        results = json.loads(snapshot.read_text())["checkpoint_results"]
-        return sorted(r["metrics"]["epoch"] for r in results)
-    return []
-
-
 def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(fault_cluster, small_shards, tmp_path):
     fault_cluster.top_up()
     epochs = 4
@@ -197,7 +183,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
     started = time.monotonic()
 
     def ready() -> str | None:
-        done = _registered_epochs(out)
+        done = registered_epochs(out)
         return f"{len(done)} of {epochs} epochs checkpointed" if done else None
 
     with kill_switch(fault_cluster, ready, lambda: node_of_actor("RayTrainWorker"), lambda: started) as kills:
@@ -205,7 +191,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
     wall_s = time.monotonic() - started
     assert kills, f"the run finished ({wall_s:.1f} s) before a node was killed"
     history = [row["epoch"] for row in json.loads((out / "best" / "history.json").read_text())]
-    registered = _registered_epochs(out)
+    registered = registered_epochs(out)
     written = sorted(json.loads(p.read_text())["epoch"] for p in _parts(out, "run/checkpoint_*/metrics.json"))
     _report("train", kills[0], epochs, [str(e) for e in history], wall_s)
     print(f"[train] checkpoints by epoch: {registered} registered, {written} on disk; best epoch {best['epoch']}")

@@ -1,6 +1,5 @@
 """Training on Ray Train, end to end on a small espeak-ng corpus."""
 
-import contextlib
 import json
 import os
 import signal
@@ -11,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import registered_epochs
 from slc.training import checkpoint as ckpt
 from slc.apps.cli import app
 from slc.apps.options import PRESET_HELP
@@ -40,15 +40,6 @@ def run(small_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     best = train(str(small_shards), str(out), TrainConfig(**{**TINY.__dict__, "epochs": 3, "keep_checkpoints": 1}))
     return out, best
-
-
-def _registered_epochs(out: Path) -> list[int]:
-    """Epochs of the checkpoints Ray Train has registered (those a restarted
-    group resumes from), from the snapshot it keeps in the run folder."""
-    snapshot = out / "run" / "checkpoint_manager_snapshot.json"
-    with contextlib.suppress(FileNotFoundError, ValueError):  # not yet, or caught mid-write
-        return sorted(r["metrics"]["epoch"] for r in json.loads(snapshot.read_text())["checkpoint_results"])
-    return []
 
 
 def test_best_checkpoint_is_copied_with_its_history(run, small_shards):
@@ -95,14 +86,14 @@ def test_a_worker_killed_in_epoch_two_resumes_and_ends_as_an_uninterrupted_run(r
     killed = []
 
     def kill_a_worker_after_first_checkpoint():
-        while not _registered_epochs(tmp_path):
+        while not registered_epochs(tmp_path):
             if threading.main_thread().is_alive() is False:
                 return
             threading.Event().wait(0.1)
         pids = _worker_pids()
         if pids:
             os.kill(pids[0], signal.SIGKILL)
-            killed.append(_registered_epochs(tmp_path))
+            killed.append(registered_epochs(tmp_path))
 
     killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
     killer.start()
