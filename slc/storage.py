@@ -69,7 +69,11 @@ def prepare_output(location: str | Path, overwrite: bool) -> tuple[pafs.FileSyst
 def open_output(location: str | Path, resume: bool, overwrite: bool) -> tuple[pafs.FileSystem, str]:
     """The output directory of a run: empty (emptied, with `overwrite`) for a
     new run, as it is for a resumed one. Raises StorageError for one with
-    contents otherwise."""
+    contents otherwise, and for `resume` with `overwrite`."""
+    if resume and overwrite:
+        raise StorageError(
+            f"{redact(location)}: --resume keeps what the output holds and --overwrite deletes it; pass one of them"
+        )
     if not resume:
         return prepare_output(location, overwrite)
     fs, path = resolve(location)

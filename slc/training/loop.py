@@ -188,11 +188,9 @@ def _on_progress(progress: ProgressFn | None, epochs: int, steps_per_epoch: int)
 
 def _prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
     fs, root = storage.resolve(out)
-    if resume:
-        if storage.is_empty(fs, storage.join(root, RUN_NAME)):
-            raise storage.StorageError(f"{out}: nothing to resume (no {RUN_NAME}/ from an earlier run)")
-        return fs, root
-    return storage.prepare_output(out, overwrite)
+    if resume and not overwrite and storage.is_empty(fs, storage.join(root, RUN_NAME)):
+        raise storage.StorageError(f"{out}: nothing to resume (no {RUN_NAME}/ from an earlier run)")
+    return storage.open_output(out, resume, overwrite)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
