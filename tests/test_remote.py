@@ -94,6 +94,14 @@ def test_ingest_writes_readable_shards_to_s3(ray_session, corpus, s3):
     assert SECRET_KEY not in str(refused.value)
     assert _keys(client, "shards/") == keys  # the refusal left the shards alone
 
+    # As a run cut short leaves it: a shard file and the summary missing.
+    client.delete_object(Bucket=BUCKET, Key=next(k for k in keys if k.startswith("shards/train/part-")))
+    client.delete_object(Bucket=BUCKET, Key="shards/summary.json")
+    resumed = ingest(corpus, uri, resume=True)
+    assert 0 < resumed["kept_from_earlier_run"] < stored["accepted"] == resumed["accepted"]
+    _assert_reconciles(resumed, corpus)
+    _assert_shards(uri, resumed, corpus)
+
 
 def test_training_run_and_best_checkpoint_on_s3(small_shards, s3):
     client, endpoint = s3

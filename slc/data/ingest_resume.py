@@ -10,10 +10,12 @@ clips are not in the shards: a resumed run tries them again.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -26,8 +28,11 @@ from slc.data.shards import SHARD_SCHEMA, ShardError, validate
 CONFIG_FILE = "config.json"
 # Settings that change how fast an ingest goes, not what it writes: a resumed run may change them.
 _SPEED_SETTINGS = ("clips_per_task", "rows_per_file")
-_DESCRIPTION = SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features"))  # a row without its features
+# A shard row without its features, and the part it is in.
+_DESCRIPTION = SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features")).append(pa.field("part", pa.string()))
 _COPY_MARK = "#aug"
+
+log = logging.getLogger(__name__)
 
 
 def record_config(fs: pafs.FileSystem, root: str, out: str, config: IngestConfig, resume: bool) -> None:
@@ -72,30 +77,40 @@ def featurized(fs: pafs.FileSystem, root: str, out: str, ids: set[str], copies: 
     folders = [storage.join(root, split) for split in SPLITS]
     for folder in folders:
         sink.remove_unfinished(fs, folder)
-    parts = {path: _read(fs, path, _DESCRIPTION) for folder in folders for path in sink.parts(fs, folder, "parquet")}
-    rows = pa.concat_tables([_DESCRIPTION.empty_table(), *parts.values()])
-    strangers = set(_clip_ids(rows)) - ids
+    rows = _descriptions(fs, [path for folder in folders for path in sink.parts(fs, folder, "parquet")], out)
+    clips = pa.array(_clip_ids(rows), pa.string())
+    strangers = set(clips.to_pylist()) - ids
     if strangers:
         raise ShardError(
             f"{storage.redact(out)}: holds {len(strangers)} clips that are not in the corpus "
             f"(e.g. {min(strangers)}); resume with the same corpus"
         )
-    whole = pa.array(sorted(_whole(rows, copies)), pa.string())
-    for path, table in parts.items():
-        keep = pc.is_in(pa.array(_clip_ids(table), pa.string()), whole)
-        if not pc.all(keep).as_py():
-            sink.replace_part(fs, path, _read(fs, path, SHARD_SCHEMA).filter(keep), pq.write_table, "parquet", "id")
-    done = rows.filter(pc.is_in(pa.array(_clip_ids(rows), pa.string()), whole))
+    whole_clips = pa.array(sorted(_whole(rows, copies)), pa.string())
+    whole = pc.is_in(clips, whole_clips)
+    for path in pc.unique(rows.filter(pc.invert(whole))["part"]).to_pylist():
+        part = _read_part(fs, path)
+        keep = pc.is_in(pa.array(_clip_ids(part), pa.string()), whole_clips)
+        sink.replace_part(fs, path, part.filter(keep), pq.write_table, "parquet", "id")
+    done = rows.filter(whole).drop_columns(["part"])
     no_reason = pa.nulls(done.num_rows, pa.string())
     return done.append_column("reason", no_reason).append_column("detail", no_reason)
 
 
-def _read(fs: pafs.FileSystem, path: str, schema: pa.Schema) -> pa.Table:
-    """The `schema` columns of the shard part at `path`."""
+def _descriptions(fs: pafs.FileSystem, paths: list[str], out: str) -> pa.Table:
+    """The rows of the shard parts at `paths` without their features, and the
+    `part` each is in; read in parallel, as a remote store wants."""
+    if not paths:
+        return _DESCRIPTION.empty_table()
+    log.info("resuming: reading the %d shard files an earlier run wrote", len(paths))
+    dataset = pads.dataset(paths, filesystem=fs, format="parquet")
+    validate(dataset.schema, storage.redact(out))
+    table = dataset.to_table(columns=[*_DESCRIPTION.names[:-1], "__filename"])
+    return table.rename_columns(_DESCRIPTION.names).cast(_DESCRIPTION)
+
+
+def _read_part(fs: pafs.FileSystem, path: str) -> pa.Table:
     with fs.open_input_file(path) as handle:
-        part = pq.ParquetFile(handle)
-        validate(part.schema_arrow, path)
-        return part.read(columns=schema.names).cast(schema)
+        return pq.read_table(handle).cast(SHARD_SCHEMA)
 
 
 def _clip_ids(rows: pa.Table) -> list[str]:
