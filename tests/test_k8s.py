@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 SCHEMA = DEPLOY / "kuberay-crd-schema.json"
 # Which image (Dockerfile target) runs each manifest: training needs torch, the rest must not.
-TARGETS = {"train.yaml": "train", "label.yaml": "serve", "serve.yaml": "serve"}
+TARGETS = {"ingest.yaml": "train", "train.yaml": "train", "label.yaml": "serve", "serve.yaml": "serve"}
 GPU = "nvidia.com/gpu"
 
 
@@ -186,8 +186,9 @@ def test_images_hold_what_pip_install_needs(target):
 # --- the manifests as KubeRay sees them -------------------------------------------
 
 
-def test_manifests_are_the_three_kuberay_resources():
+def test_manifests_are_the_four_kuberay_resources():
     assert {name: [(d["apiVersion"], d["kind"]) for d in docs] for name, docs in MANIFESTS.items()} == {
+        "ingest.yaml": [("ray.io/v1", "RayJob")],
         "train.yaml": [("ray.io/v1", "RayJob")],
         "label.yaml": [("ray.io/v1", "RayJob")],
         "serve.yaml": [("ray.io/v1", "RayService")],
@@ -321,6 +322,26 @@ def test_label_entrypoint_parses_and_reads_the_mounted_bundle(monkeypatch):
     assert inputs and out.startswith("s3://")
     for group, pod in _pods(doc).items():
         assert str(bundle) in _mounts(pod), f"{group} pods have no {bundle} for the classifier"
+
+
+def test_ingest_entrypoint_parses_into_a_resumable_run(monkeypatch):
+    doc = MANIFESTS["ingest.yaml"][0]
+    summary = {"splits": {}, "discovered": 0, "accepted": 0, "rejected": 0, "audio_hours": 0.0, "wall_s": 0.0,
+               "kept_from_earlier_run": 0, "augmented": {"clips": 0}, "rejected_by_reason": {},
+               "excluded_by_label": {}, "out": "out"}  # fmt: skip
+    calls = _fake_library(monkeypatch, "slc.data.ingest", ingest=summary)
+    _run_entrypoint(monkeypatch, doc)
+    [(_, (corpus, out, settings), options)] = calls
+    assert corpus.startswith("s3://") and out.startswith("s3://") and options["resume"] is True
+    assert settings.labels == ("de", "fr", "it", "en") and settings.augment.copies == 2
+
+
+@pytest.mark.parametrize(("name", "doc"), JOBS, ids=JOB_IDS)
+def test_a_job_that_kuberay_retries_resumes_its_output(name, doc):
+    """A retry (`backoffLimit`) runs the same entrypoint on a new cluster: it
+    must continue the output the first attempt left, not refuse it as not empty."""
+    if doc["spec"].get("backoffLimit", 0) > 0:
+        assert "--resume" in shlex.split(doc["spec"]["entrypoint"]), f"{name}: a retry would find OUT not empty"
 
 
 # --- the RayService and serve_config.yaml ------------------------------------------
