@@ -95,3 +95,24 @@ def resolve(cls: type[T], path: str | Path | None, values: Mapping[str, Any]) ->
 def default(cls: type, name: str) -> Any:
     """The default of setting `name` (dotted for nested configs) of config class `cls`."""
     return functools.reduce(getattr, name.split("."), cls())
+
+
+def changed(before: Mapping[str, Any], now: Mapping[str, Any], free: tuple[str, ...] = ()) -> list[str]:
+    """The settings (dotted names) whose values differ between two `to_dict`
+    outputs, but for those in `free`: what makes a resumed run another run."""
+    flat_before, flat_now = dotted(before), dotted(now)
+    names = (flat_before.keys() | flat_now.keys()) - set(free)
+    return sorted(name for name in names if flat_before.get(name) != flat_now.get(name))
+
+
+def dotted(settings: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings (`to_dict` output) as one mapping of dotted names, as
+    `override` takes them: `{"audio": {"trim_silence": True}}` ->
+    `{"audio.trim_silence": True}`."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,25 +46,12 @@ def _check_same_config(fs: pafs.FileSystem, root: str, out: str, config: IngestC
     path = storage.join(root, CONFIG_FILE)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise ShardError(f"{storage.redact(out)}: has contents but no {CONFIG_FILE}; not an ingest output to resume")
-    before = _deciding(json.loads(storage.read_text(fs, path)))
-    now = _deciding(config_io.to_dict(config))
-    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    changed = config_io.changed(json.loads(storage.read_text(fs, path)), config_io.to_dict(config), _SPEED_SETTINGS)
     if changed:
         raise ShardError(
             f"{storage.redact(out)}: was featurized with other settings ({', '.join(changed)}); "
             "resume with the same settings, or ingest into a new output"
         )
-
-
-def _deciding(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Settings flattened to dotted names, without the speed settings."""
-    flat: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            flat.update(_deciding(value, f"{prefix}{key}."))
-        elif f"{prefix}{key}" not in _SPEED_SETTINGS:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def featurized(fs: pafs.FileSystem, root: str, out: str, ids: set[str], copies: int) -> pa.Table:

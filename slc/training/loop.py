@@ -37,7 +37,7 @@ from slc import config_io
 from slc import storage
 from slc.batch.cluster import check_address, connect
 from slc.batch.progress import ProgressFn, Reporter, relay
-from slc.training import checkpoint as ckpt, placement
+from slc.training import checkpoint as ckpt, placement, run_dir
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
 from slc.data.shards import read_split
 from slc.training.batches import COLUMNS, batches, class_weights
@@ -47,7 +47,6 @@ from slc.training.model import LanguageClassifier
 
 log = logging.getLogger(__name__)
 
-RUN_NAME = "run"
 # Ray Train's controller learns that its workers finished or died at its next
 # health check: every 2 s by default, and a run's end takes several, so each
 # run idled 5 s after its last epoch. Checks every 0.5 s cost a few small
@@ -71,7 +70,7 @@ def train(
     labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
     ingest_config = config_io.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
     check_address()
-    fs, root = _prepare_run_dir(out, overwrite, resume)
+    fs, root = run_dir.prepare(out, config, labels, overwrite, resume)
     # With the dashboard: Ray Train's placement-group cleaner asks its state
     # API whether the controller lives, and without it warns every second.
     connect(dashboard=True)
@@ -138,7 +137,7 @@ def _fit(loop_config: dict[str, Any], scaling_config, datasets, config: TrainCon
         train_loop_config=loop_config,
         scaling_config=scaling_config,
         run_config=RunConfig(
-            name=RUN_NAME,
+            name=run_dir.RUN_NAME,
             storage_path=root,
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
@@ -184,13 +183,6 @@ def _on_progress(progress: ProgressFn | None, epochs: int, steps_per_epoch: int)
             progress(done, total, epoch=f"{epoch}/{epochs}", **latest)
 
     return on_event
-
-
-def _prepare_run_dir(out: str, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
-    fs, root = storage.resolve(out)
-    if resume and not overwrite and storage.is_empty(fs, storage.join(root, RUN_NAME)):
-        raise storage.StorageError(f"{out}: nothing to resume (no {RUN_NAME}/ from an earlier run)")
-    return storage.open_output(out, resume, overwrite)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ def test_a_config_file_sets_what_it_names_and_leaves_the_rest_at_the_defaults(mo
     path.write_text(yaml.safe_dump(command.file))
     settings = run(monkeypatch, command, "--config", str(path))
     assert settings == config_io.load(command.cls, path)
-    assert settings == config_io.override(command.cls(), _dotted(command.file))
+    assert settings == config_io.override(command.cls(), config_io.dotted(command.file))
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -126,16 +126,6 @@ def test_a_flag_given_overrides_the_config_file_and_keeps_its_other_settings(mon
     assert {key: setting(settings, key) for key in command.expected} == command.expected
     untouched = {f.name for f in dataclasses.fields(command.cls)} - {k.split(".")[0] for k in command.expected}
     assert {k: getattr(settings, k) for k in untouched} == {k: getattr(command.cls(), k) for k in untouched}
-
-
-def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def test_train_config_epochs_are_kept_when_no_epochs_flag_is_given(monkeypatch, tmp_path):

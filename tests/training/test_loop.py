@@ -1,6 +1,7 @@
 """Training on Ray Train, end to end on a small espeak-ng corpus."""
 
 import json
+import shutil
 import os
 import signal
 import threading
@@ -75,6 +76,24 @@ def test_non_empty_output_is_refused(run, small_shards):
     out, _ = run
     result = CliRunner().invoke(app, ["train", str(small_shards), str(out), "--epochs", "1"])
     assert result.exit_code == 2 and "not empty" in result.output
+
+
+def test_a_resume_on_shards_of_other_labels_or_with_other_settings_is_refused_before_it_starts(run, small_shards, tmp_path):
+    out, _ = run
+    before = sorted(p.name for p in (out / "run").iterdir())
+    other = tmp_path / "shards"
+    shutil.copytree(small_shards, other)
+    (other / "labels.json").write_text(json.dumps({"labels": ["de", "en", "fr"]}))
+    resume = ["train", "--preset", "tiny", "--batch-size", "8", "--max-frames", "300", "--workers", "2", "--resume"]
+
+    result = CliRunner().invoke(app, [resume[0], str(other), str(out), *resume[1:]])
+    assert result.exit_code == 2, result.output
+    assert "was trained on shards labelled de, en, and these are labelled de, en, fr" in result.output
+
+    result = CliRunner().invoke(app, [resume[0], str(small_shards), str(out), *resume[1:], "--lr", "0.01"])
+    assert result.exit_code == 2, result.output
+    assert "was trained with other settings (lr); resume with the same settings" in result.output
+    assert sorted(p.name for p in (out / "run").iterdir()) == before
 
 
 def test_a_worker_killed_in_epoch_two_resumes_and_ends_as_an_uninterrupted_run(run, small_shards, tmp_path):
