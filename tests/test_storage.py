@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -36,7 +38,11 @@ def test_resume_with_overwrite_is_refused_by_every_command_and_the_output_kept(t
         assert (out / "kept.txt").read_text() == "x", name
 
 
-def test_resuming_a_training_run_that_never_started_says_so_and_makes_nothing(tmp_path, small_shards):
-    result = CliRunner().invoke(app, ["train", str(small_shards), str(tmp_path / "typo"), "--resume"])
-    assert result.exit_code == 2 and "nothing to resume (no run/ from an earlier run)" in result.output, result.output
-    assert not (tmp_path / "typo").exists()
+def test_resuming_a_training_run_that_never_started_starts_it(tmp_path):
+    from slc.config import TrainConfig
+    from slc.labels import LabelSet
+    from slc.training import run_dir
+
+    run_dir.prepare(str(tmp_path / "new"), TrainConfig(), LabelSet(("de", "en")), overwrite=False, resume=True)
+    settings = json.loads((tmp_path / "new" / "settings.json").read_text())
+    assert settings["labels"] == ["de", "en"] and settings["train"]["epochs"] == TrainConfig().epochs

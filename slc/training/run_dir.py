@@ -6,18 +6,23 @@
 
 A resumed run continues the same training: it is refused on shards of other
 labels or with settings that change what is learnt; more epochs, another
-patience and other resources are allowed.
+patience and other resources are allowed. Resuming where there is no run yet
+starts one, so that a command retried as it is (a Kubernetes job's retry)
+continues what its first attempt began.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.fs as pafs
 
 from slc import config_io, storage
 from slc.config import TrainConfig
 from slc.labels import LabelSet
+
+log = logging.getLogger(__name__)
 
 RUN_NAME = "run"
 SETTINGS_FILE = "settings.json"
@@ -26,19 +31,19 @@ _FREE_SETTINGS = ("epochs", "patience", "workers", "cpus_per_worker", "use_gpu",
 
 
 def prepare(out: str, config: TrainConfig, labels: LabelSet, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
-    """The run directory: for a new run empty (emptied, with `overwrite`),
-    with SETTINGS_FILE written; for a resumed one, as the run left it.
-    Raises StorageError when there is nothing to resume or it would be
+    """The run directory. Resumed: as the run left it. New (with `resume`
+    too, where OUT holds no run yet): empty, emptied with `overwrite`, with
+    SETTINGS_FILE written. Raises StorageError when resuming would make
     another run."""
-    if overwrite or not resume:
-        fs, root = storage.open_output(out, resume, overwrite)  # refuses --resume with --overwrite
-        settings = {"labels": list(labels.codes), "train": config_io.to_dict(config)}
-        storage.write_json(fs, storage.join(root, SETTINGS_FILE), settings)
-        return fs, root
     fs, root = storage.resolve(out)
-    if storage.is_empty(fs, storage.join(root, RUN_NAME)):
-        raise storage.StorageError(f"{out}: nothing to resume (no {RUN_NAME}/ from an earlier run)")
-    _check_same_run(fs, root, out, config, labels)
+    if resume and not overwrite:
+        if not storage.is_empty(fs, storage.join(root, RUN_NAME)):
+            _check_same_run(fs, root, out, config, labels)
+            return fs, root
+        log.info("%s holds no run to resume: starting one", storage.redact(out))
+    fs, root = storage.open_output(out, resume, overwrite)  # refuses --resume with --overwrite
+    settings = {"labels": list(labels.codes), "train": config_io.to_dict(config)}
+    storage.write_json(fs, storage.join(root, SETTINGS_FILE), settings)
     return fs, root
 
 
