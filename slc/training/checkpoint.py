@@ -55,7 +55,9 @@ def load(directory: Path) -> tuple[LanguageClassifier, LabelSet, TrainConfig, Fe
     directory = Path(directory)
     for name in ("model.safetensors", "config.json", "labels.json"):
         if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: not a checkpoint (no {name})")
+            best = directory / "best"
+            hint = f"; it is a training run: its best checkpoint is {best}" if (best / name).is_file() else ""
+            raise CheckpointError(f"{directory}: not a checkpoint (no {name}){hint}")
     settings = json.loads((directory / "config.json").read_text())
     train = config_io.from_dict(TrainConfig, settings["train"])
     features = config_io.from_dict(FeatureConfig, settings["features"])

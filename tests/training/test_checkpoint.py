@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -65,3 +67,11 @@ def test_training_state_round_trip(tmp_path):
     for a, b in zip(optimizer.state.values(), fresh.state.values()):
         torch.testing.assert_close(a["exp_avg"], b["exp_avg"])
     assert fresh_scheduler.last_epoch == scheduler.last_epoch
+
+
+def test_a_training_run_given_for_a_checkpoint_names_its_best(saved, tmp_path):
+    directory, _, _ = saved
+    (tmp_path / "run").mkdir()
+    shutil.copytree(directory, tmp_path / "run" / "best")
+    with pytest.raises(ckpt.CheckpointError, match=re.escape(f"its best checkpoint is {tmp_path / 'run' / 'best'}")):
+        ckpt.load(tmp_path / "run")
