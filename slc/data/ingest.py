@@ -33,7 +33,7 @@ from slc.data.corpus import SPLITS, Corpus, discover
 from slc.data.features import Fbank, extract
 from slc.labels import BACKGROUND, LabelSet
 from slc.batch.raydata import without_resource_reservation
-from slc.data.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, features_column
+from slc.data.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, copy_id, features_column
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,14 @@ def ingest(
     )
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
     ingest_resume.record_config(fs, root, out, config, resume)
-    kept = ingest_resume.featurized(fs, root, out, {c.id for c in found.clips}, config.augment.copies) if resume else None
+    ids = {c.id for c in found.clips}
+    kept = ingest_resume.featurized(fs, root, out, ids, config.augment.copies) if resume else None
     items = clip_items(found)
     if kept is not None:
         done = set(kept["id"].to_pylist())
         items = [item for item in items if item["id"] not in done]
-        log.info("resuming: %d of %d clips featurized before, %d to go", len(found.clips) - len(items), len(found.clips), len(items))
+        log.info("resuming: %d of %d clips featurized before, %d to go",
+                 len(found.clips) - len(items), len(found.clips), len(items))  # fmt: skip
 
     sink = ShardSink(fs, root, config.rows_per_file)
     if items:
@@ -144,7 +146,7 @@ def featurize_batch(
             features = extract(wave, fbank)
             rows.append({
                 **described,
-                "id": clip["id"] if recipe is None else f"{clip['id']}#aug{index}",
+                "id": clip["id"] if recipe is None else copy_id(clip["id"], index),
                 "duration_s": len(wave) / config.audio.sample_rate,
                 "n_frames": len(features),
                 "features": features,

@@ -22,14 +22,13 @@ from slc import config_io, storage
 from slc.batch import sink
 from slc.config import IngestConfig
 from slc.data.corpus import SPLITS
-from slc.data.shards import SHARD_SCHEMA, ShardError, validate
+from slc.data.shards import SHARD_SCHEMA, ShardError, clip_id, validate
 
 CONFIG_FILE = "config.json"
 # Settings that change how fast an ingest goes, not what it writes: a resumed run may change them.
 _SPEED_SETTINGS = ("clips_per_task", "rows_per_file")
 # A shard row without its features, and the part it is in.
 _DESCRIPTION = SHARD_SCHEMA.remove(SHARD_SCHEMA.get_field_index("features")).append(pa.field("part", pa.string()))
-_COPY_MARK = "#aug"
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +99,8 @@ def _read_part(fs: pafs.FileSystem, path: str) -> pa.Table:
 
 
 def _clip_ids(rows: pa.Table) -> list[str]:
-    """The clip each row is of: an augmented copy's id is `<clip id>#aug<i>`."""
-    return [
-        row_id if recipe is None else row_id.rsplit(_COPY_MARK, 1)[0]
-        for row_id, recipe in zip(rows["id"].to_pylist(), rows["augment"].to_pylist())
-    ]
+    """The clip each row is of."""
+    return [clip_id(row_id, recipe) for row_id, recipe in zip(rows["id"].to_pylist(), rows["augment"].to_pylist())]
 
 
 def _whole(rows: pa.Table, copies: int) -> set[str]:

@@ -60,6 +60,19 @@ CLIP_OUTCOME_SCHEMA = pa.schema(
 )
 
 
+COPY_MARK = "#aug"  # an augmented copy's id: <clip id>#aug<i>, i from 1
+
+
+def copy_id(clip_id: str, index: int) -> str:
+    """The id of augmented copy `index` (1, 2, ...) of the clip `clip_id`."""
+    return f"{clip_id}{COPY_MARK}{index}"
+
+
+def clip_id(row_id: str, augment: str | None) -> str:
+    """The id of the clip a shard row is of: itself, or the clip it is a copy of."""
+    return row_id if augment is None else row_id.rsplit(COPY_MARK, 1)[0]
+
+
 class ShardError(ValueError):
     """Shards missing, or written by an incompatible version."""
 

@@ -30,7 +30,9 @@ SETTINGS_FILE = "settings.json"
 _FREE_SETTINGS = ("epochs", "patience", "workers", "cpus_per_worker", "use_gpu", "keep_checkpoints", "max_failures")
 
 
-def prepare(out: str, config: TrainConfig, labels: LabelSet, overwrite: bool, resume: bool) -> tuple[pafs.FileSystem, str]:
+def prepare(
+    out: str, config: TrainConfig, labels: LabelSet, overwrite: bool, resume: bool
+) -> tuple[pafs.FileSystem, str]:
     """The run directory. Resumed: as the run left it. New (with `resume`
     too, where OUT holds no run yet): empty, emptied with `overwrite`, with
     SETTINGS_FILE written. Raises StorageError when resuming would make

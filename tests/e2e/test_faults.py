@@ -28,7 +28,7 @@ from slc.apps.serve_proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV, REQUEST_TIM
 from slc.config import AugmentConfig, IngestConfig, LabelConfig, ModelConfig, ServeConfig, TrainConfig
 from slc.data.corpus import discover
 from slc.data.ingest import ingest
-from slc.data.shards import read_rejects, read_split
+from slc.data.shards import copy_id, read_rejects, read_split
 from slc.training import checkpoint as ckpt
 from slc.runtime.classifier import Classifier
 from slc.training.loop import train
@@ -141,7 +141,7 @@ def test_ingest_keeps_every_clip_once_when_a_featurizing_node_dies(fault_cluster
     # Every clip, and each training clip's copies (numbered after the clip itself).
     found = discover(corpus, split=config.split)
     reference = [c.id for c in found.clips] + [
-        f"{c.id}#aug{i}" for c in found.clips if c.split == "train" for i in range(1, config.augment.copies + 1)
+        copy_id(c.id, i) for c in found.clips if c.split == "train" for i in range(1, config.augment.copies + 1)
     ]
 
     out = tmp_path / "shards"
