@@ -66,9 +66,10 @@ def init(environ: Mapping[str, str] = MappingProxyType({}), **kwargs) -> None:
     """`ray.init(**kwargs)`, with `environ` in the environment of the processes
     a Ray it starts inherits, and those processes retrying their sockets
     often (see `_SOCKET_RETRY_ENV`). A variable set already keeps its value.
-    A Ctrl-C while Ray starts takes effect once it has (see `_ctrl_c_held`);
-    a SIGTERM after it has started stops this process as Ctrl-C does."""
-    with _environment({**_SOCKET_RETRY_ENV, **environ}), _ctrl_c_held():
+    A Ctrl-C or SIGTERM while Ray starts takes effect once it has (see
+    `_stops_held`); a SIGTERM after it has started stops this process as
+    Ctrl-C does."""
+    with _environment({**_SOCKET_RETRY_ENV, **environ}), _stops_held():
         ray.init(**kwargs)
     if threading.current_thread() is threading.main_thread():
         # Ray's core worker takes SIGTERM with a handler that prints a stack
@@ -83,30 +84,52 @@ def stop_as_on_ctrl_c(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def _ctrl_c_held() -> Iterator[None]:
-    """A first Ctrl-C (SIGINT) in the block interrupts at its end, a second
-    one at once. Ray interrupted while it starts its processes leaves its
-    agents running for a minute or more; started, it stops them all at exit."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(previous):
-        yield  # SIGINT ignored, or not this thread's to handle
+def _stops_held() -> Iterator[None]:
+    """A first Ctrl-C (SIGINT) or SIGTERM in the block stops this process at
+    its end, as Ctrl-C does; a second one at once. Ray interrupted while it
+    starts its processes leaves its agents running for a minute or more;
+    started, it stops them all at exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are the main thread's to handle
         return
-    held: list[Any] = []
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    # An ignored SIGINT (a background job) stays ignored.
+    stops = {signal.SIGTERM: stop_as_on_ctrl_c} | ({signal.SIGINT: ctrl_c} if callable(ctrl_c) else {})
+    before = {signum: signal.getsignal(signum) for signum in stops}
+    held: list[tuple[int, Any]] = []
 
     def hold(signum: int, frame: Any) -> None:
         if held:
-            previous(signum, frame)
+            stops[signum](signum, frame)
             return
-        held.append(frame)
+        held.append((signum, frame))
         log.warning("interrupted: stopping as soon as Ray has started (Ctrl-C again stops at once)")
 
-    signal.signal(signal.SIGINT, hold)
+    for signum in stops:
+        signal.signal(signum, hold)
+    try:
+        with _without_rays_sigterm_handler():
+            yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+    if held:
+        signum, frame = held[0]
+        stops[signum](signum, frame)
+
+
+@contextlib.contextmanager
+def _without_rays_sigterm_handler() -> Iterator[None]:
+    """`ray.init` sets SIGTERM to exit at once as it begins, and its node to
+    stop the processes started so far (not their children, the agents): the
+    block keeps Ray's handlers out, through the function Ray sets them with."""
+    utils = ray._private.utils
+    set_sigterm_handler = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if held:
-        previous(signal.SIGINT, held[0])
+        utils.set_sigterm_handler = set_sigterm_handler
 
 
 @contextlib.contextmanager

@@ -67,7 +67,7 @@ def test_a_second_ctrl_c_while_ray_starts_interrupts_at_once(monkeypatch):
     assert _init_interrupted(monkeypatch, 2) == ["after Ctrl-C 1"]
 
 
-# Ctrl-C as soon as `ray.init` has started the raylet, which is starting its agents.
+# Ctrl-C (or SIGTERM) as soon as `ray.init` has started the raylet, which is starting its agents.
 INTERRUPTED_START = """
 import signal
 import ray, ray._private.services as services
@@ -77,7 +77,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal, 
 start_raylet = services.start_raylet
 def interrupted(*args, **kwargs):
     started = start_raylet(*args, **kwargs)
-    signal.raise_signal(signal.SIGINT)
+    signal.raise_signal(signal.{signal})
     return started
 services.start_raylet = interrupted
 try:
@@ -111,8 +111,9 @@ def _run_alone(script: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     return subprocess.CompletedProcess(child.args, child.returncode, out), left
 
 
-def test_ctrl_c_while_ray_starts_stops_once_it_has_started_and_leaves_no_process():
-    run, left = _run_alone(INTERRUPTED_START)
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_ray_starts_stops_once_it_has_started_and_leaves_no_process(name):
+    run, left = _run_alone(INTERRUPTED_START.replace("{signal}", name))
     assert "interrupted; Ray started: True" in run.stdout, run.stdout
     assert run.returncode != 0
     assert left == [], f"Ray processes left running: {left}"
