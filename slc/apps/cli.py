@@ -200,7 +200,7 @@ def train(
     keep: Annotated[Optional[int], typer.Option(help=options.with_default("Checkpoints kept: the best by val F1 (plus the latest).", cfg.TrainConfig, "keep_checkpoints"))] = None,
     seed: Annotated[Optional[int], typer.Option(help=options.with_default("Seed of weights, crops and masks.", cfg.TrainConfig, "seed"))] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it has contents.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its latest checkpoint.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in OUT from its latest checkpoint, on the same shards and settings (more epochs and other resources allowed); with no run in OUT, start one.")] = False,
 ) -> None:
     """Train the classifier on Ray Train; the best checkpoint by val macro F1 goes to OUT/best."""
     with _training_extra("train"):
