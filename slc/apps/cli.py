@@ -149,12 +149,16 @@ def format_ingest_summary(summary: dict) -> str:
         for lang, stats in split_stats["languages"].items()
     ]
     lines = [_table(["split", "lang", "clips", "hours"], rows)]
-    lines.append(
-        f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
-        f"  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)"
-    )
-    if summary["kept_from_earlier_run"]:
-        lines.append(f"resumed: {summary['kept_from_earlier_run']} clips kept as an earlier run featurized them")
+    counts = f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
+    kept = summary["kept_from_earlier_run"]
+    if kept:
+        lines.append(f"{counts}  ({summary['audio_hours']:.3f} h of audio)")
+        lines.append(
+            f"resumed: {kept} clips kept as an earlier run featurized them; "
+            f"the other {summary['discovered'] - kept} took {summary['wall_s']:.1f} s"
+        )
+    else:
+        lines.append(f"{counts}  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)")
     if summary["augmented"]["clips"]:
         lines.append(
             f"augmented training copies: {summary['augmented']['clips']} ({summary['augmented']['hours']:.3f} h)"
