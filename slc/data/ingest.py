@@ -60,10 +60,10 @@ def ingest(
     )
     log.info("discovered %d clips in %s (%s)", len(found.clips), corpus, ", ".join(found.labels.codes))
     ingest_resume.record_config(fs, root, out, config, resume)
-    ids = {c.id for c in found.clips}
-    kept = ingest_resume.featurized(fs, root, out, ids, config.augment.copies) if resume else None
     items = clip_items(found)
-    if kept is not None:
+    kept = None
+    if resume:
+        kept = ingest_resume.featurized(fs, root, out, {c.id for c in found.clips}, config.augment.copies)
         done = set(kept["id"].to_pylist())
         items = [item for item in items if item["id"] not in done]
         log.info("resuming: %d of %d clips featurized before, %d to go",
@@ -80,8 +80,10 @@ def ingest(
         pq.write_table(rejects.sort_by("id"), stream)
 
     summary = summarize(found, outcome, time.perf_counter() - started)
-    summary.update(kept_from_earlier_run=len(found.clips) - len(items))
-    summary.update(corpus=storage.redact(corpus), out=storage.redact(out), slc_version=__version__)
+    summary.update(
+        kept_from_earlier_run=len(found.clips) - len(items),
+        corpus=storage.redact(corpus), out=storage.redact(out), slc_version=__version__,
+    )  # fmt: skip
     storage.write_json(fs, storage.join(root, "summary.json"), summary)
     storage.write_text(fs, storage.join(root, "labels.json"), found.labels.to_json())
     return summary

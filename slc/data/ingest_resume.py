@@ -63,15 +63,15 @@ def featurized(fs: pafs.FileSystem, root: str, out: str, ids: set[str], copies: 
     for folder in folders:
         sink.remove_unfinished(fs, folder)
     rows = _descriptions(fs, [path for folder in folders for path in sink.parts(fs, folder, "parquet")], out)
-    clips = pa.array(_clip_ids(rows), pa.string())
-    strangers = set(clips.to_pylist()) - ids
+    clips = _clip_ids(rows)
+    strangers = set(clips) - ids
     if strangers:
         raise ShardError(
             f"{storage.redact(out)}: holds {len(strangers)} clips that are not in the corpus "
             f"(e.g. {min(strangers)}); resume with the same corpus"
         )
-    whole_clips = pa.array(sorted(_whole(rows, copies)), pa.string())
-    whole = pc.is_in(clips, whole_clips)
+    whole_clips = pa.array(sorted(_whole(clips, rows, copies)), pa.string())
+    whole = pc.is_in(pa.array(clips, pa.string()), whole_clips)
     for path in pc.unique(rows.filter(pc.invert(whole))["part"]).to_pylist():
         part = _read_part(fs, path)
         keep = pc.is_in(pa.array(_clip_ids(part), pa.string()), whole_clips)
@@ -103,11 +103,12 @@ def _clip_ids(rows: pa.Table) -> list[str]:
     return [clip_id(row_id, recipe) for row_id, recipe in zip(rows["id"].to_pylist(), rows["augment"].to_pylist())]
 
 
-def _whole(rows: pa.Table, copies: int) -> set[str]:
-    """The clips whose own row and, in `train`, every augmented copy are among `rows`."""
+def _whole(clips: list[str], rows: pa.Table, copies: int) -> set[str]:
+    """The clips whose own row and, in `train`, every augmented copy are among
+    `rows`, the clip of each row being in `clips`."""
     split_of: dict[str, str] = {}
     copies_of: dict[str, int] = {}
-    for clip, recipe, split in zip(_clip_ids(rows), rows["augment"].to_pylist(), rows["split"].to_pylist()):
+    for clip, recipe, split in zip(clips, rows["augment"].to_pylist(), rows["split"].to_pylist()):
         if recipe is None:
             split_of[clip] = split
         else:
