@@ -217,10 +217,13 @@ def _ray_to(file: logging.Handler, verbose: bool) -> Iterator[None]:
         context.enable_progress_bars = False
     running = ray.is_initialized()
     try:
-        yield
+        with contextlib.nullcontext() if verbose else _native_stderr_to(file.baseFilename):
+            try:
+                yield
+            finally:
+                if not running and ray.is_initialized():
+                    ray.shutdown()
     finally:
-        if not running and ray.is_initialized():
-            ray.shutdown()
         ray_worker._worker_logs_enabled, context.enable_progress_bars = settings
         dispatcher.remove_handler("slc_log_file")
         workers.removeHandler(file)
@@ -229,6 +232,39 @@ def _ray_to(file: logging.Handler, verbose: bool) -> Iterator[None]:
             for handler in removed[logger.name]:
                 logger.addHandler(handler)
         file.close()
+
+
+@contextlib.contextmanager
+def _native_stderr_to(path: str) -> Iterator[None]:
+    """What native code writes to this process's stderr goes to the log at
+    `path` (Ray's core worker writes its errors there from C++, e.g. that an
+    actor's arguments are in the object store); Python's `sys.stderr`, which
+    slc's lines and bars write to, keeps the terminal. Nothing changes where
+    `sys.stderr` is not file descriptor 2 (output captured in-process)."""
+    try:
+        python_fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        python_fd = None
+    if python_fd != 2:
+        yield
+        return
+    python_stderr = sys.stderr
+    python_stderr.flush()
+    terminal_fd = os.dup(2)
+    log_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    sys.stderr = open(  # noqa: SIM115 -- closed below, with the descriptor it writes to
+        terminal_fd, "w", buffering=1, encoding=python_stderr.encoding, errors=python_stderr.errors, closefd=False
+    )
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(terminal_fd, 2)
+        os.close(terminal_fd)
 
 
 def _console_handlers(logger: logging.Logger) -> list[logging.Handler]:

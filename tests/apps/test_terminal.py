@@ -18,6 +18,8 @@ from slc.apps import terminal
 from slc.batch.progress import relay
 
 RAY_CHATTER = ("Started a local Ray instance", "metrics={", "Token authentication", "Deprecat", "Checkpoint successfully")
+# A line Ray's C++ core writes to the stderr of the driver, e.g. `[2026-12-01 09:10:04,826 E 7448 7448] core_worker.cc:2465: ...`.
+NATIVE_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
 
 
 def _slc(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -103,6 +105,19 @@ def test_ingest_shows_slc_lines_and_logs_ray_to_the_output_directory(corpus, tmp
     assert any(re.match(r"slc: featurizing: 100% 8/8 clip", line) for line in terminal_lines), terminal_lines
     log = (tmp_path / "shards" / "logs" / "slc.log").read_text()
     assert "Started a local Ray instance" in log and "discovered 8 clips" in log
+
+
+def test_label_in_the_pool_shape_keeps_rays_native_lines_in_the_log(corpus, small_bundle, tmp_path):
+    """The pool's actors are made with their arguments in the object store,
+    and Ray's core says so on the driver's stderr, from C++."""
+    clips = [str(corpus / "de"), str(corpus / "en")]
+    done = _slc("label", *clips, "--bundle", str(small_bundle), "--out", str(tmp_path / "labels"), "--shape", "pool")
+    terminal_lines = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in terminal_lines if NATIVE_LOG_LINE.match(line) or any(c in line for c in RAY_CHATTER)]
+    assert any(line.startswith("listed 8 = labelled 8 + failed 0") for line in terminal_lines), terminal_lines
+    assert any(line.startswith("slc: labelling: 100% 8/8 file") for line in terminal_lines), terminal_lines
+    log = (tmp_path / "labels" / "logs" / "slc.log").read_text()
+    assert any(NATIVE_LOG_LINE.match(line) for line in log.splitlines()), log[-3000:]
 
 
 def test_verbose_brings_rays_lines_back_to_the_terminal(corpus, tmp_path):
