@@ -95,11 +95,16 @@ def _report(stage: str, kill, inputs: int, rows: list[str], wall_s: float) -> No
 # --- slc label -------------------------------------------------------------
 
 
+# Where each shape classifies: the pool in its actors, the fused shape in the tasks that read.
+CLASSIFIER_NODE = {"pool": lambda: node_of_actor("Labeller"), "fused": lambda: busiest_node("MapBatches")}
+
+
+@pytest.mark.parametrize("shape", ["pool", "fused"])
 def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(
-    fault_cluster, corpus, speech, small_bundle, tmp_path
+    shape, fault_cluster, corpus, speech, small_bundle, tmp_path
 ):
     fault_cluster.top_up()
-    config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2, shape="pool")
+    config = LabelConfig(files_per_task=4, rows_per_file=10, top_k=2, shape=shape)
     # The answer of each recording, classified here; every copy of it must get that answer.
     classifier = Classifier(small_bundle)
     answers = {wav: classifier.classify(classifier.load_audio(wav)).language for _, wav in speech}
@@ -113,13 +118,13 @@ def test_label_finishes_with_every_file_once_when_the_classifier_node_dies(
         parts = _parts(out, "part-*.parquet")
         return f"{len(parts)} parts of {config.rows_per_file} rows written" if len(parts) >= 3 else None
 
-    with kill_switch(fault_cluster, ready, lambda: node_of_actor("Labeller"), lambda: started) as kills:
+    with kill_switch(fault_cluster, ready, CLASSIFIER_NODE[shape], lambda: started) as kills:
         summary = label([str(corpus)], small_bundle, str(out), config)
     wall_s = time.monotonic() - started
     assert kills, f"the run finished ({wall_s:.1f} s) before a node was killed"
     rows = read_labels(out).to_pylist()
     paths = [r["path"] for r in rows]
-    _report("label", kills[0], FILES, paths, wall_s)
+    _report(f"label, {shape}", kills[0], FILES, paths, wall_s)
     print(f"[label] lost {len(set(reference) - set(paths))}, summary {summary['listed']} listed")
     assert sorted(paths) == sorted(reference), "files lost or repeated"
     assert {r["path"]: (r["language"], r["error"]) for r in rows} == reference
