@@ -1,26 +1,53 @@
 """Tar and zip archives as collections of members, each read from storage once.
 
 A compressed tar (gzip, bzip2, xz) can only be read from its start, so it is
-streamed once, in order, and each member keeps its bytes. An uncompressed tar
-is listed from its headers alone and each member is a byte range of the file;
-a zip's members are found through its central directory and read by name.
+read once, decompressed in order, and each member keeps its bytes; one that
+ends early or fails its checksum is damaged as a whole, never listed in part.
+An uncompressed tar is listed from its headers alone and each member is a
+byte range of the file; a zip's members are found through its central
+directory and read by name, each on its own.
+
+Two kinds of failure: storage that cannot read the file (`OSError`, worth
+trying again) and a file that is not a readable archive or a member whose
+bytes are damaged (`DamagedArchiveError`: the file is at fault).
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import dataclasses
+import gzip
+import io
+import lzma
 import posixpath
 import tarfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-# Errors that mean "not a readable archive", as opposed to a bug (pyarrow
-# refuses the seek before the start that zipfile makes on a file under 22 bytes).
-ERRORS = (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile, pa.ArrowInvalid)
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
+SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip")
+_DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.open}
+# What the archive modules raise for bytes that are not what their format
+# says (pyarrow refuses the seek before the start that zipfile makes on a
+# file under 22 bytes; zipfile raises NotImplementedError for a compression
+# method it lacks, RuntimeError for an encrypted member).
+_FORMAT_ERRORS = (
+    EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, pa.ArrowInvalid,
+    NotImplementedError,
+)  # fmt: skip
+
+
+class DamagedArchiveError(Exception):
+    """The file was read, but is not a readable archive of its kind, or a
+    member's bytes are damaged."""
+
+
+# Reading an archive or a member fails with one of these.
+ERRORS = (OSError, DamagedArchiveError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,35 +75,69 @@ def normalise(name: str) -> str:
 
 def members(fs: pafs.FileSystem, path: str) -> list[Member]:
     """The files (not directories, links or devices) of the archive at `path`,
-    in archive order. Raises one of ERRORS for a file that is not a readable archive."""
+    in archive order. Raises OSError where storage fails to read it and
+    DamagedArchiveError where it is not a readable archive."""
     with fs.open_input_file(path) as handle:
         if path.lower().endswith(".zip"):
-            with zipfile.ZipFile(handle) as archive:
-                return [Member(normalise(i.filename), i.filename) for i in archive.infolist() if not i.is_dir()]
-        if handle.read(6).startswith(_COMPRESSED_MAGIC):
-            handle.seek(0)
-            return _streamed(handle)
+            with _damage_named():
+                with zipfile.ZipFile(handle) as archive:
+                    return [Member(normalise(i.filename), i.filename) for i in archive.infolist() if not i.is_dir()]
+        head = handle.read(6)
         handle.seek(0)
-        with tarfile.open(fileobj=handle, mode="r:") as archive:
-            return [
-                Member(normalise(m.name), m.name, offset=m.offset_data, size=m.size) for m in archive if m.isfile()
-            ]
+        decompressor = next((d for magic, d in _DECOMPRESSORS.items() if head.startswith(magic)), None)
+        if decompressor is not None:
+            return _decompressed(decompressor, handle.read())
+        with _damage_named(), tarfile.open(fileobj=handle, mode="r:") as archive:
+            return [Member(normalise(m.name), m.name, offset=m.offset_data, size=m.size) for m in archive if m.isfile()]
 
 
-def _streamed(handle) -> list[Member]:
-    """Every member's bytes, decompressing the archive once from its start."""
+def _decompressed(decompressor, data: bytes) -> list[Member]:
+    """Every member's bytes, decompressing the archive (`data`, already read)
+    once from its start and on to the end of its compressed stream, where a
+    truncated or altered one fails: the tar inside would end quietly at the
+    last whole member. With the bytes in memory, any error is the archive's."""
     found = []
-    with tarfile.open(fileobj=handle, mode="r|*") as archive:
-        for member in archive:
-            if member.isfile():
-                found.append(Member(normalise(member.name), member.name, data=archive.extractfile(member).read()))
+    try:
+        with decompressor(io.BytesIO(data)) as stream:
+            with tarfile.open(fileobj=stream, mode="r|") as archive:
+                for member in archive:
+                    if member.isfile():
+                        found.append(Member(normalise(member.name), member.name, data=archive.extractfile(member).read()))
+            while stream.read(1 << 20):
+                pass
+    except (OSError, *_FORMAT_ERRORS) as error:
+        raise DamagedArchiveError(str(error) or type(error).__name__) from error
     return found
 
 
-def read_zip_members(fs: pafs.FileSystem, path: str, stored: set[str]) -> dict[str, bytes]:
-    """The bytes of the zip members named `stored` that the archive holds."""
-    with fs.open_input_file(path) as handle, zipfile.ZipFile(handle) as archive:
-        return {name: archive.read(name) for name in stored if name in archive.NameToInfo}
+@contextlib.contextmanager
+def _damage_named() -> Iterator[None]:
+    """The archive modules' format errors raised as DamagedArchiveError;
+    OSError (storage) passes."""
+    try:
+        yield
+    except _FORMAT_ERRORS as error:
+        raise DamagedArchiveError(str(error) or type(error).__name__) from error
+
+
+def read_zip_members(fs: pafs.FileSystem, path: str, stored: set[str]) -> dict[str, bytes | Exception]:
+    """The bytes of each zip member named in `stored` that the archive holds,
+    or the error reading it: a damaged member fails alone. Raises as
+    `members` when the zip itself cannot be opened."""
+    found: dict[str, bytes | Exception] = {}
+    with fs.open_input_file(path) as handle:
+        with _damage_named():
+            archive = zipfile.ZipFile(handle)
+        with archive:
+            for name in stored & archive.NameToInfo.keys():
+                try:
+                    with _damage_named():
+                        found[name] = archive.read(name)
+                except (OSError, DamagedArchiveError) as error:
+                    found[name] = error
+                except RuntimeError as error:  # an encrypted member
+                    found[name] = DamagedArchiveError(str(error))
+    return found
 
 
 def read_ranges(fs: pafs.FileSystem, path: str, ranges: list[tuple[int, int]]) -> list[bytes]:

@@ -264,7 +264,7 @@ def _file_items(
     try:
         members = archives.members(fs, path)
     except archives.ERRORS as error:
-        return [_failed(shown, fs, path, listing, audio.UnreadableAudioError(shown, f"not a readable archive ({error})"))]
+        return [_failed(shown, fs, path, listing, _archive_error(shown, error, "not a readable archive"))]
     visible = [m for m in members if m.name and not is_hidden(m.name)]
     listing.skipped_hidden += len(members) - len(visible)
     if not visible:
@@ -276,6 +276,13 @@ def _file_items(
         item(f"{shown}{MEMBER_SEPARATOR}{m.name}", index, path, member=m.stored, offset=m.offset, size=m.size, data=m.data)
         for m in visible
     ]
+
+
+def _archive_error(shown: str, error: Exception, what: str) -> audio.AudioError:
+    """`undecodable` for an archive or member that is damaged (the file is at
+    fault), `unreadable` where storage failed to read it (worth a --resume)."""
+    kind = audio.UndecodableAudioError if isinstance(error, archives.DamagedArchiveError) else audio.UnreadableAudioError
+    return kind(shown, f"{what} ({error})")
 
 
 def _failed(shown: str, fs: pafs.FileSystem, path: str, listing: Listing, error: audio.AudioError) -> dict[str, Any]:
@@ -321,9 +328,15 @@ def _read_members(fs: pafs.FileSystem, source: str, members: list[dict[str, Any]
             return list(archives.read_ranges(fs, source, [(m["offset"], m["size"]) for m in members]))
         found = archives.read_zip_members(fs, source, {m["member"] for m in members})
     except archives.ERRORS as error:
-        return [audio.UnreadableAudioError(m["path"], f"archive not readable ({error})") for m in members]
-    missing = "member not found in the archive"
-    return [found[m["member"]] if m["member"] in found else audio.UnreadableAudioError(m["path"], missing) for m in members]
+        return [_archive_error(m["path"], error, "archive not readable") for m in members]
+    return [_member(m["path"], found.get(m["member"])) for m in members]
+
+
+def _member(shown: str, read: bytes | Exception | None) -> bytes | audio.AudioError:
+    """A zip member's bytes, or the error (None: not in the archive)."""
+    if read is None:
+        return audio.UnreadableAudioError(shown, "member not found in the archive")
+    return _archive_error(shown, read, "member not readable") if isinstance(read, Exception) else read
 
 
 def _read_rows(fs: pafs.FileSystem, source: str, rows: list[dict[str, Any]]) -> list[bytes | Exception]:

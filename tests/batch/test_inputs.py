@@ -4,7 +4,9 @@ empty successes, globs on URIs, and a compressed archive read once."""
 from __future__ import annotations
 
 import io
+import re
 import secrets
+import shutil
 import subprocess
 import tarfile
 import zipfile
@@ -35,7 +37,13 @@ def folder(tmp_path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("flags, name", [("cf", "a.tar"), ("czf", "a.tar.gz"), ("cjf", "bzip2-inside.tar")])
+@pytest.mark.parametrize(
+    "flags, name",
+    [
+        ("cf", "a.tar"), ("czf", "a.tar.gz"), ("czf", "a.tgz"), ("cjf", "a.tar.bz2"), ("cjf", "a.tbz2"),
+        ("cJf", "a.tar.xz"), ("cJf", "a.txz"), ("cjf", "bzip2-inside.tar"),
+    ],
+)  # fmt: skip
 def test_a_tar_of_dot_lists_its_members_and_counts_the_hidden_ones(folder, tmp_path, flags, name):
     archive = tmp_path / name
     subprocess.run(["tar", flags, str(archive), "-C", str(folder), "."], check=True)
@@ -146,6 +154,42 @@ def test_a_broken_archive_is_a_row_and_a_missing_file_an_error_when_read(tmp_pat
     (tmp_path / "list.txt").write_text(f"{tmp_path}/broken.tar\nabsent.wav\n")
     listing = list_inputs([str(tmp_path / "list.txt")])
     broken, absent = sorted(listing.items, key=lambda i: i["path"] != str(tmp_path / "broken.tar"))
-    assert broken["error"] == "unreadable" and "not a readable archive" in broken["detail"]
+    # The file itself is at fault: trying again cannot help.
+    assert broken["error"] == "undecodable" and "not a readable archive" in broken["detail"]
     (error,) = read_bytes([absent], listing.filesystems)
     assert error.reason == "unreadable" and str(error).startswith(f"{tmp_path}/absent.wav")
+
+
+@pytest.mark.parametrize("flags, name", [("czf", "a.tar.gz"), ("cjf", "a.tar.bz2"), ("cJf", "a.tar.xz"), ("", "a.zip")])
+def test_a_truncated_archive_is_one_row_the_file_is_at_fault_for(folder, tmp_path, flags, name):
+    whole = tmp_path / f"whole-{name}"
+    if name.endswith(".zip"):
+        shutil.make_archive(str(whole)[: -len(".zip")], "zip", folder)
+    else:
+        subprocess.run(["tar", flags, str(whole), "-C", str(folder), "."], check=True)
+    cut = tmp_path / name
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    (row,) = list_inputs([str(cut)]).items
+    assert (row["path"], row["error"]) == (str(cut), "undecodable")
+    assert row["detail"].startswith(f"{cut}: undecodable: not a readable archive (")
+
+
+def test_a_zip_member_damaged_or_encrypted_fails_alone(tmp_path):
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(4):
+            archive.writestr(f"clip{i}.wav", _clip(i))
+        damaged, encrypted = archive.getinfo("clip1.wav"), archive.getinfo("clip2.wav")
+    data = bytearray(path.read_bytes())
+    start = damaged.header_offset + 30 + len("clip1.wav")  # past the member's local header
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    # The encryption bit, in the member's local header and in its central directory entry (the third).
+    data[encrypted.header_offset + 6] |= 1
+    entries = [m.start() for m in re.finditer(b"PK\x01\x02", bytes(data))]
+    data[entries[2] + 8] |= 1
+    path.write_bytes(bytes(data))
+    listing = list_inputs([str(path)])
+    first, broken, locked, last = read_bytes(listing.items, listing.filesystems)
+    assert (first, last) == (_clip(0), _clip(3))
+    assert broken.reason == "undecodable" and str(broken).startswith(f"{path}::clip1.wav: undecodable: ")
+    assert locked.reason == "undecodable" and "encrypted" in str(locked)
