@@ -50,14 +50,27 @@ def save(
     return directory
 
 
+def _what_it_is(directory: Path, name: str) -> str:
+    """A hint for a directory given where a checkpoint was wanted: a training
+    run names its best checkpoint, a bundle the checkpoint it was exported from."""
+    if (directory / "best" / name).is_file():
+        return f"; it is a training run: its best checkpoint is {directory / 'best'}"
+    if (directory / "bundle.json").is_file():
+        try:
+            source = json.loads((directory / "bundle.json").read_text()).get("exported_from")
+        except (OSError, ValueError, AttributeError):
+            source = None
+        of = f" exported from the checkpoint {source}" if source else ""
+        return f"; it is a bundle{of}, and its bundle.json holds each variant's val and test scores"
+    return ""
+
+
 def load(directory: Path) -> tuple[LanguageClassifier, LabelSet, TrainConfig, FeatureConfig]:
     """Rebuild the classifier a checkpoint describes and load its weights."""
     directory = Path(directory)
     for name in ("model.safetensors", "config.json", "labels.json"):
         if not (directory / name).is_file():
-            best = directory / "best"
-            hint = f"; it is a training run: its best checkpoint is {best}" if (best / name).is_file() else ""
-            raise CheckpointError(f"{directory}: not a checkpoint (no {name}){hint}")
+            raise CheckpointError(f"{directory}: not a checkpoint (no {name}){_what_it_is(directory, name)}")
     settings = json.loads((directory / "config.json").read_text())
     train = config_io.from_dict(TrainConfig, settings["train"])
     features = config_io.from_dict(FeatureConfig, settings["features"])

@@ -75,3 +75,14 @@ def test_a_training_run_given_for_a_checkpoint_names_its_best(saved, tmp_path):
     shutil.copytree(directory, tmp_path / "run" / "best")
     with pytest.raises(ckpt.CheckpointError, match=re.escape(f"its best checkpoint is {tmp_path / 'run' / 'best'}")):
         ckpt.load(tmp_path / "run")
+
+
+def test_a_bundle_given_for_a_checkpoint_names_the_checkpoint_it_was_exported_from(tmp_path):
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "bundle.json").write_text(json.dumps({"exported_from": "runs/a/best"}))
+    with pytest.raises(ckpt.CheckpointError) as raised:
+        ckpt.load(tmp_path / "bundle")
+    assert str(raised.value) == (
+        f"{tmp_path / 'bundle'}: not a checkpoint (no model.safetensors); it is a bundle exported from the checkpoint "
+        "runs/a/best, and its bundle.json holds each variant's val and test scores"
+    )
