@@ -107,7 +107,7 @@ def test_ingest_shows_slc_lines_and_logs_ray_to_the_output_directory(corpus, tmp
     assert "Started a local Ray instance" in log and "discovered 8 clips" in log
 
 
-def test_label_in_the_pool_shape_keeps_rays_native_lines_in_the_log(corpus, small_bundle, tmp_path):
+def test_label_in_the_pool_shape_keeps_rays_native_lines_off_the_terminal(corpus, small_bundle, tmp_path):
     """The pool's actors are made with their arguments in the object store,
     and Ray's core says so on the driver's stderr, from C++."""
     clips = [str(corpus / "de"), str(corpus / "en")]
@@ -116,8 +116,26 @@ def test_label_in_the_pool_shape_keeps_rays_native_lines_in_the_log(corpus, smal
     assert not [line for line in terminal_lines if NATIVE_LOG_LINE.match(line) or any(c in line for c in RAY_CHATTER)]
     assert any(line.startswith("listed 8 = labelled 8 + failed 0") for line in terminal_lines), terminal_lines
     assert any(line.startswith("slc: labelling: 100% 8/8 file") for line in terminal_lines), terminal_lines
-    log = (tmp_path / "labels" / "logs" / "slc.log").read_text()
-    assert any(NATIVE_LOG_LINE.match(line) for line in log.splitlines()), log[-3000:]
+
+
+def test_what_native_code_writes_to_stderr_goes_to_the_log_and_python_keeps_the_terminal(tmp_path):
+    out = tmp_path / "out"
+    script = f"""
+import logging, os, sys
+from slc.apps import terminal
+terminal.configure(verbose=False)
+with terminal.job({str(out)!r}):
+    os.write(2, b"written to file descriptor 2\\n")
+    logging.getLogger("slc.test").info("an slc line")
+    print("written to sys.stderr", file=sys.stderr)
+os.write(2, b"after the job\\n")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "slc: an slc line", "written to sys.stderr", f"slc: full log: {out}/logs/slc.log", "after the job"
+    ]  # fmt: skip
+    assert "written to file descriptor 2" in (out / "logs" / "slc.log").read_text()
 
 
 def test_verbose_brings_rays_lines_back_to_the_terminal(corpus, tmp_path):
