@@ -2,7 +2,8 @@
 
 By default the terminal gets slc's own lines (`slc: ...`) and one progress
 bar per long stage; Ray's log lines, the output of its workers and actors,
-and Python warnings go to a log file that ends as `OUT/logs/slc.log`. With
+what native code in this process writes to stderr (Ray's C++ core), and
+Python warnings go to a log file that ends as `OUT/logs/slc.log`. With
 `--verbose` they show on the terminal as well, and slc's debug lines too.
 Off a TTY (CI, `ray job submit`) a bar becomes a plain line every
 `PLAIN_INTERVAL_S` and one at the end. `slc serve`, which runs until
