@@ -210,7 +210,7 @@ def test_training_resumes_from_its_latest_checkpoint_when_the_worker_node_dies(f
 # --- Serve ---------------------------------------------------------------
 
 
-LOAD_S, KILL_AT_S, CLIENTS = 24.0, 10.0, 8
+LOAD_S, KILL_AT_S, CLIENTS = 18.0, 8.0, 8
 # The proxy's deadline for a request; the clients wait longer.
 DEADLINE_S, CLIENT_TIMEOUT_S = 20, 60
 
