@@ -34,11 +34,13 @@ _DECOMPRESSORS = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzm
 # What the archive modules raise for bytes that are not what their format
 # says (pyarrow refuses the seek before the start that zipfile makes on a
 # file under 22 bytes; zipfile raises NotImplementedError for a compression
-# method it lacks, RuntimeError for an encrypted member).
+# method it lacks).
 _FORMAT_ERRORS = (
     EOFError, tarfile.TarError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, pa.ArrowInvalid,
     NotImplementedError,
 )  # fmt: skip
+# Reading one zip member: zipfile raises RuntimeError for an encrypted one.
+_MEMBER_ERRORS = (*_FORMAT_ERRORS, RuntimeError)
 
 
 class DamagedArchiveError(Exception):
@@ -79,9 +81,8 @@ def members(fs: pafs.FileSystem, path: str) -> list[Member]:
     DamagedArchiveError where it is not a readable archive."""
     with fs.open_input_file(path) as handle:
         if path.lower().endswith(".zip"):
-            with _damage_named():
-                with zipfile.ZipFile(handle) as archive:
-                    return [Member(normalise(i.filename), i.filename) for i in archive.infolist() if not i.is_dir()]
+            with _damage_named(), zipfile.ZipFile(handle) as archive:
+                return [Member(normalise(i.filename), i.filename) for i in archive.infolist() if not i.is_dir()]
         head = handle.read(6)
         handle.seek(0)
         decompressor = next((d for magic, d in _DECOMPRESSORS.items() if head.startswith(magic)), None)
@@ -97,26 +98,23 @@ def _decompressed(decompressor, data: bytes) -> list[Member]:
     truncated or altered one fails: the tar inside would end quietly at the
     last whole member. With the bytes in memory, any error is the archive's."""
     found = []
-    try:
-        with decompressor(io.BytesIO(data)) as stream:
-            with tarfile.open(fileobj=stream, mode="r|") as archive:
-                for member in archive:
-                    if member.isfile():
-                        found.append(Member(normalise(member.name), member.name, data=archive.extractfile(member).read()))
-            while stream.read(1 << 20):
-                pass
-    except (OSError, *_FORMAT_ERRORS) as error:
-        raise DamagedArchiveError(str(error) or type(error).__name__) from error
+    with _damage_named((OSError, *_FORMAT_ERRORS)), decompressor(io.BytesIO(data)) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as archive:
+            for member in archive:
+                if member.isfile():
+                    found.append(Member(normalise(member.name), member.name, data=archive.extractfile(member).read()))
+        while stream.read(1 << 20):
+            pass
     return found
 
 
 @contextlib.contextmanager
-def _damage_named() -> Iterator[None]:
-    """The archive modules' format errors raised as DamagedArchiveError;
-    OSError (storage) passes."""
+def _damage_named(errors: tuple[type[BaseException], ...] = _FORMAT_ERRORS) -> Iterator[None]:
+    """`errors` (by default the archive modules' format errors) raised as
+    DamagedArchiveError; anything else, OSError (storage) among it, passes."""
     try:
         yield
-    except _FORMAT_ERRORS as error:
+    except errors as error:
         raise DamagedArchiveError(str(error) or type(error).__name__) from error
 
 
@@ -131,12 +129,10 @@ def read_zip_members(fs: pafs.FileSystem, path: str, stored: set[str]) -> dict[s
         with archive:
             for name in stored & archive.NameToInfo.keys():
                 try:
-                    with _damage_named():
+                    with _damage_named(_MEMBER_ERRORS):
                         found[name] = archive.read(name)
-                except (OSError, DamagedArchiveError) as error:
+                except ERRORS as error:
                     found[name] = error
-                except RuntimeError as error:  # an encrypted member
-                    found[name] = DamagedArchiveError(str(error))
     return found
 
 
