@@ -149,16 +149,16 @@ def format_ingest_summary(summary: dict) -> str:
         for lang, stats in split_stats["languages"].items()
     ]
     lines = [_table(["split", "lang", "clips", "hours"], rows)]
-    counts = f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
-    kept = summary["kept_from_earlier_run"]
+    kept, took = summary["kept_from_earlier_run"], f"{summary['wall_s']:.1f} s"
+    lines.append(
+        f"discovered {summary['discovered']} = accepted {summary['accepted']} + rejected {summary['rejected']}"
+        f"  ({summary['audio_hours']:.3f} h of audio{'' if kept else f' in {took}'})"
+    )
     if kept:
-        lines.append(f"{counts}  ({summary['audio_hours']:.3f} h of audio)")
         lines.append(
             f"resumed: {kept} clips kept as an earlier run featurized them; "
-            f"the other {summary['discovered'] - kept} took {summary['wall_s']:.1f} s"
+            f"the other {summary['discovered'] - kept} took {took}"
         )
-    else:
-        lines.append(f"{counts}  ({summary['audio_hours']:.3f} h of audio in {summary['wall_s']:.1f} s)")
     if summary["augmented"]["clips"]:
         lines.append(
             f"augmented training copies: {summary['augmented']['clips']} ({summary['augmented']['hours']:.3f} h)"
