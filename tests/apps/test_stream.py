@@ -36,7 +36,7 @@ from slc.runtime.classifier import Classifier
 
 RATE = 16000
 HOP_S = 0.5
-LIMITS = {"max_streams": 4, "idle_timeout_s": 2.0, "max_frame_bytes": 65536, "max_stream_s": 120.0}
+LIMITS = {"max_streams": 4, "idle_timeout_s": 1.0, "max_frame_bytes": 65536, "max_stream_s": 120.0}
 GERMAN = [
     "Guten Morgen. Der Zug nach Zürich fährt heute um halb neun vom dritten Gleis ab.",
     "Am Wochenende wollen wir mit den Kindern in die Berge fahren und dort wandern.",
@@ -240,7 +240,7 @@ def test_random_messages_never_crash_a_stream_or_the_replica(endpoint, recording
     pieces = [START, '{"type": "end"}', "", "{}", "null", '{"type": "start"}', b"", pcm[:3], pcm[:4000], rng.bytes(70000)]
     for trial in range(30):
         messages = [pieces[i] for i in rng.integers(0, len(pieces), int(rng.integers(1, 5)))]
-        code, reason, events = closing(endpoint.url, messages, wait_s=0.1 if trial % 10 else 2.5)
+        code, reason, events = closing(endpoint.url, messages, wait_s=0.1 if trial % 10 else LIMITS["idle_timeout_s"] + 0.5)
         assert code in (1000, 1003, 1008, 1009), (messages, code, reason)
         assert code == 1000 or set(reason) == {"error"}
     events = stream(endpoint.url, recording[0][: 12 * RATE])
