@@ -70,11 +70,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-# Workers push their metrics every second instead of every 10 s: the metrics
-# test waits for what its requests counted.
-SESSION_RAY_CONFIG = {"metrics_report_interval_ms": 1000}
-
-
 def start_session_ray():
     """Start the session's local Ray; tests that need a cluster of their own
     shut it down first and call this again when they are done."""
@@ -82,7 +77,7 @@ def start_session_ray():
 
     from slc.batch import cluster
 
-    cluster.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=SESSION_RAY_CONFIG)
+    cluster.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     return ray
 
 
