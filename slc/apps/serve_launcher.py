@@ -67,7 +67,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
         if not serve.status().proxies:  # a Serve running already listens where it does
             check_port_free(config.host, config.port)
         try:
-            serve.start(http_options={"host": config.host, "port": config.port, "location": "HeadOnly"})
+            serve.start(proxy_location="HeadOnly", http_options={"host": config.host, "port": config.port})
             serve.run(app, name=APP_NAME, route_prefix="/")
             url = f"http://{config.host}:{config.port}"
             wait_until_ready(url)

@@ -187,15 +187,12 @@ def test_each_protocol_fault_closes_with_its_code_and_a_json_reason(endpoint, fa
 def test_an_idle_stream_is_closed_and_a_replica_holds_at_most_its_streams(endpoint):
     assert closing(endpoint.url, [START], wait_s=LIMITS["idle_timeout_s"] + 0.5)[:2] == (1008, {"error": "idle"})
     url = endpoint.url.replace("http", "ws") + "/v1/stream"
-    held = [connect(url, open_timeout=30) for _ in range(LIMITS["max_streams"])]
-    try:
-        for ws in held:
+    with contextlib.ExitStack() as streams:
+        for _ in range(LIMITS["max_streams"]):
+            ws = streams.enter_context(connect(url, open_timeout=30))
             ws.send(START)
             assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         assert closing(endpoint.url, [START])[:2] == (1013, {"error": "busy"})
-    finally:
-        for ws in held:
-            ws.close()
 
 
 class ScriptedSocket:

@@ -259,7 +259,7 @@ def replica_killed_under_load(fault_cluster, small_bundle, speech):
     fault_cluster.top_up()
     app, port = "slc-faults", free_port()
     url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(small_bundle, ServeConfig(num_replicas=2, port=port)), name=app, route_prefix="/")
         body = speech[0][1]
