@@ -164,9 +164,9 @@ async def _file_part(headers: Headers, body: bytes) -> tuple[bytes, str]:
         await form.close()
 
 
-# A stopping replica waits this long before it first counts the requests in
-# flight (Serve's default, 2 s, is every stop's and redeploy's floor); it then
-# waits for those, as it would with the default.
+# A stopping replica counts the requests it still holds every this many
+# seconds, and stops once there are none; it sleeps before the first count,
+# so Serve's default (2 s) made every stop and redeploy take 2 s at least.
 @serve.deployment(name="LanguageClassifier", graceful_shutdown_wait_loop_s=0.2)
 @serve.ingress(api)
 class LanguageService:
