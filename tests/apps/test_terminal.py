@@ -22,6 +22,11 @@ RAY_CHATTER = ("Started a local Ray instance", "metrics={", "Token authenticatio
 NATIVE_LOG_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+ [DIWEF] \d+ \d+\] \w+\.cc:\d+:")
 
 
+def rays_lines(lines: list[str]) -> list[str]:
+    """The lines of `lines` that Ray wrote: its Python chatter and its C++ core's log lines."""
+    return [line for line in lines if NATIVE_LOG_LINE.match(line) or any(c in line for c in RAY_CHATTER)]
+
+
 def _slc(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
     """`slc ARGS` in its own process, output piped (not a TTY), with its own local Ray."""
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
@@ -101,7 +106,7 @@ def test_ingest_shows_slc_lines_and_logs_ray_to_the_output_directory(corpus, tmp
     done = _slc("ingest", str(corpus), str(tmp_path / "shards"))
     terminal_lines = (done.stdout + done.stderr).splitlines()
     assert len(terminal_lines) < 30, terminal_lines
-    assert not [line for line in terminal_lines if NATIVE_LOG_LINE.match(line) or any(c in line for c in RAY_CHATTER)]
+    assert not rays_lines(terminal_lines), terminal_lines
     assert any(re.match(r"slc: featurizing: 100% 8/8 clip", line) for line in terminal_lines), terminal_lines
     log = (tmp_path / "shards" / "logs" / "slc.log").read_text()
     assert "Started a local Ray instance" in log and "discovered 8 clips" in log
@@ -140,7 +145,7 @@ def test_train_prints_each_epoch_line_once_and_keeps_metric_dicts_in_the_log(sma
     done = _slc("train", str(small_shards), str(run), "--preset", "tiny", "--epochs", "2", "--batch-size", "8")
     terminal_lines = (done.stdout + done.stderr).splitlines()
     assert len(terminal_lines) < 30, terminal_lines
-    assert not [line for line in terminal_lines if NATIVE_LOG_LINE.match(line) or any(c in line for c in RAY_CHATTER)]
+    assert not rays_lines(terminal_lines), terminal_lines
     for epoch in (1, 2):
         assert sum(line.startswith(f"slc: epoch {epoch}/2 ") for line in terminal_lines) == 1, terminal_lines
     assert any(line.startswith("slc: training: 100%") for line in terminal_lines), terminal_lines
