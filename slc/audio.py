@@ -31,6 +31,9 @@ Source = str | os.PathLike | bytes
 _TRIM_BLOCK_S = 0.010
 # Long recordings are decoded this many seconds at a time.
 _STREAM_BLOCK_S = 10.0
+# What libsndfile says when its MPEG decoder finds no frame it can decode: a
+# message for a path that is no regular file, untrue of a file or bytes slc opened.
+_LIBSNDFILE_NOT_A_FILE = "File does not exist or is not a regular file (possibly a pipe?)."
 
 
 class AudioError(Exception):
@@ -235,6 +238,7 @@ def _opened(source: Source, label: str) -> Iterator[sf.SoundFile]:
         if not source:
             raise EmptyAudioError(label, "0 bytes")
         handle: io.BytesIO | str = io.BytesIO(source)
+        regular = True
     else:
         path = Path(source)
         try:
@@ -245,7 +249,7 @@ def _opened(source: Source, label: str) -> Iterator[sf.SoundFile]:
             raise UnreadableAudioError(label, "a directory, not an audio file")
         if status.st_size == 0:
             raise EmptyAudioError(label, "0 bytes")
-        handle = os.fspath(path)
+        handle, regular = os.fspath(path), stat.S_ISREG(status.st_mode)
     try:
         with sf.SoundFile(handle) as sound:
             if sound.frames == 0:
@@ -253,6 +257,8 @@ def _opened(source: Source, label: str) -> Iterator[sf.SoundFile]:
             yield sound
     except sf.SoundFileError as error:
         why = getattr(error, "error_string", None) or str(error)
+        if regular and why == _LIBSNDFILE_NOT_A_FILE:
+            why = "no audio frame could be decoded"
         raise UndecodableAudioError(label, f"not a readable audio file ({why})") from None
     except OSError as error:
         raise UnreadableAudioError(label, error.strerror or str(error)) from None

@@ -83,6 +83,19 @@ def test_random_bytes_are_undecodable():
         audio.load(data, name="upload.bin")
 
 
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile has no MP3")
+def test_an_mpeg_stream_without_a_whole_frame_is_undecodable_and_not_called_missing(tmp_path):
+    """libsndfile's MPEG decoder gives up on such a stream with its message for
+    a path that is not a regular file: untrue of a file slc opened, or of bytes."""
+    damaged = b"\xff\xfb\x90\x00" + bytes(400)  # one frame header, then nothing of its frame
+    path = tmp_path / "damaged.mp3"
+    path.write_bytes(damaged)
+    for source in (path, damaged):
+        with pytest.raises(audio.UndecodableAudioError) as caught:
+            audio.load(source, name="damaged.mp3")
+        assert "damaged.mp3: undecodable: not a readable audio file (no audio frame could be decoded)" in str(caught.value)
+
+
 def test_wav_header_cut_off_is_undecodable():
     data = encode(tone(1.0, 16000), 16000, "WAV", "PCM_16")
     with pytest.raises(audio.UndecodableAudioError):

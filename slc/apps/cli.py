@@ -309,23 +309,24 @@ def predict(
     except _USER_ERRORS as error:
         raise _fail(error) from None
     failed = 0
-    for path in files:
-        try:
-            # Streamed from the file: a recording of hours needs no more memory than a minute.
-            prediction = classifier.classify_file(path, allow=allowed, min_confidence=min_confidence, segments=segments)
-        except AudioError as error:
-            failed += 1
+    with terminal.decoder_notes():
+        for path in files:
+            try:
+                # Streamed from the file: a recording of hours needs no more memory than a minute.
+                prediction = classifier.classify_file(path, allow=allowed, min_confidence=min_confidence, segments=segments)
+            except AudioError as error:
+                failed += 1
+                if as_json:
+                    typer.echo(json.dumps({"path": str(path), "error": error.reason, "detail": str(error)}))
+                else:
+                    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+                continue
+            except ValueError as error:
+                raise _fail(error) from None
             if as_json:
-                typer.echo(json.dumps({"path": str(path), "error": error.reason, "detail": str(error)}))
+                typer.echo(json.dumps({"path": str(path), **prediction.to_dict(top_k)}))
             else:
-                typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-            continue
-        except ValueError as error:
-            raise _fail(error) from None
-        if as_json:
-            typer.echo(json.dumps({"path": str(path), **prediction.to_dict(top_k)}))
-        else:
-            typer.echo(format_prediction(str(path), prediction, top_k))
+                typer.echo(format_prediction(str(path), prediction, top_k))
     if failed:
         raise typer.Exit(code=1)
 
@@ -413,10 +414,11 @@ def stream(
     def show(event: dict) -> None:
         typer.echo(json.dumps(event) if as_json else format_event(event))
 
-    try:
-        closed = stream_events(url, frames, start, realtime and source != "-", show)
-    except (*_USER_ERRORS, AudioError) as error:
-        raise _fail(error) from None
+    with terminal.decoder_notes():
+        try:
+            closed = stream_events(url, frames, start, realtime and source != "-", show)
+        except (*_USER_ERRORS, AudioError) as error:
+            raise _fail(error) from None
     if closed is not None:
         raise _fail(f"the server closed the stream: {closed['code']} {closed['reason']}")
 

@@ -5,6 +5,8 @@ bar per long stage; Ray's log lines, the output of its workers and actors,
 what native code in this process writes to stderr (Ray's C++ core), and
 Python warnings go to a log file that ends as `OUT/logs/slc.log`. With
 `--verbose` they show on the terminal as well, and slc's debug lines too.
+`slc predict` and `slc stream`, which have no OUT, send the native notes of
+their decoders to a log in the temporary directory (`decoder_notes`).
 Off a TTY (CI, `ray job submit`) a bar becomes a plain line every
 `PLAIN_INTERVAL_S` and one at the end. `slc serve`, which runs until
 stopped, logs to a file in the temporary directory and keeps its replicas'
@@ -137,6 +139,28 @@ def service() -> Iterator[None]:
                 yield
         finally:
             dispatcher.remove_handler("slc_terminal")
+
+
+@contextlib.contextmanager
+def decoder_notes() -> Iterator[None]:
+    """Around a command that decodes audio in this process and has no OUT
+    (`slc predict`, `slc stream`): what native code writes to stderr (libmpg123's notes on a
+    damaged or oddly tagged MP3) goes to a log file in the temporary
+    directory, named at the end when it holds anything and removed when it is
+    empty. With --verbose the notes stay on the terminal."""
+    if _current().verbose:
+        yield
+        return
+    handle, name = tempfile.mkstemp(prefix="slc-", suffix=".log")
+    os.close(handle)
+    try:
+        with _native_stderr_to(name):
+            yield
+    finally:
+        if os.path.getsize(name):
+            log.info("decoder messages: %s", name)
+        else:
+            os.unlink(name)
 
 
 @contextlib.contextmanager

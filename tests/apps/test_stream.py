@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,6 +263,14 @@ def test_slc_stream_prints_the_events_of_a_file_and_of_raw_pcm_on_stdin(endpoint
     assert events[-1]["type"] == "final" and events[-1]["duration_s"] == pytest.approx(12.0, abs=0.01)
     refused = subprocess.run([*slc, "-", "--encoding", "f32le"], input=pcm, capture_output=True, text=False, timeout=120)
     assert refused.returncode == 2 and b"1003" in refused.stderr and b"wrong_encoding" in refused.stderr
+    # libmpg123 writes notes to stderr as it gives up on a damaged MP3: they go to a log slc names.
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(b"\xff\xfb\x90\x00" + bytes(400))
+    done = subprocess.run([*slc, str(damaged)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    error, named = done.stderr.splitlines()
+    assert error == f"error: {damaged}: undecodable: not a readable audio file (no audio frame could be decoded)"
+    assert "libmpg123" in Path(named.removeprefix("slc: decoder messages: ")).read_text()
 
 
 def test_streaming_to_an_address_with_no_endpoint_names_it_and_says_why():

@@ -2,8 +2,10 @@
 optimised and quantized variants scored, timed and hashed into a bundle."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -262,3 +264,33 @@ def test_predict_prints_language_and_top_probabilities(small_bundle, tmp_path):
     assert str(bad) in second["detail"]
     text = subprocess.run(command[:-3] + ["--bundle", str(small_bundle)], capture_output=True, text=True, timeout=60)
     assert text.stdout.startswith(f"{good}  {expected.language}  (")
+
+
+@pytest.mark.skipif("MP3" not in __import__("soundfile").available_formats(), reason="this libsndfile has no MP3")
+def test_predict_keeps_a_decoders_notes_off_the_terminal_and_names_the_log_that_has_them(small_bundle, tmp_path):
+    """libmpg123 writes notes to stderr as it gives up on a damaged MP3: the
+    terminal shows slc's line for the file, the notes go to a log it names;
+    a run without notes leaves no log."""
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(b"\xff\xfb\x90\x00" + bytes(400))
+    good = tmp_path / "hallo.wav"
+    good.write_bytes(espeak_wav("Guten Tag, wie geht es Ihnen heute?", "de"))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary)}
+
+    def predict(path: Path) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "slc.apps.cli", "predict", str(path), "--bundle", str(small_bundle)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+    result = predict(damaged)
+    assert result.returncode == 1
+    error, named = result.stderr.splitlines()
+    assert error.startswith(f"error: {damaged}: undecodable: ")
+    assert named.startswith("slc: decoder messages: ")
+    notes = Path(named.removeprefix("slc: decoder messages: "))
+    assert notes.parent == temporary and "libmpg123" in notes.read_text()
+    notes.unlink()
+
+    result = predict(good)
+    assert result.returncode == 0 and result.stderr == "" and not list(temporary.glob("slc-*"))
