@@ -91,15 +91,26 @@ def test_label_labels_a_folder_and_accounts_for_every_file(base_venv, small_bund
     assert json.loads((out / "settings.json").read_text())["config"]["format"] == "parquet"
 
 
-def test_serve_once_answers_over_http_and_stops(base_venv, small_bundle, clips, tmp_path):
+def test_serve_once_answers_over_http_as_the_classifier_does_and_stops(base_venv, small_bundle, clips, tmp_path):
+    """The start-classify-stop path `make demo` takes, on a Ray of its own as on a user's machine."""
+    from slc.runtime.classifier import Classifier
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     clip = clips / "en.wav"
     done = run(base_venv, "slc", "serve", str(small_bundle), "--once", str(clip), "--port", str(port), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith(f"{clip}: HTTP 200 ")
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"{clip}: HTTP 200 ")
+    answer = json.loads(last.removeprefix(f"{clip}: HTTP 200 "))
+    classifier = Classifier(small_bundle)
+    wanted = classifier.classify(classifier.load_audio(clip)).to_dict()
+    assert answer["language"] == wanted["language"] and list(answer["probabilities"]) == list(wanted["probabilities"])
+    assert answer["probabilities"] == pytest.approx(wanted["probabilities"], abs=1e-5)
     assert "(raylet)" not in done.stdout + done.stderr, "Ray's messages reached the terminal"
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
 
 
 def test_the_label_job_entry_point_runs_without_torch(base_venv, tmp_path):

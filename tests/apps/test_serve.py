@@ -459,28 +459,7 @@ def test_a_lone_request_does_not_wait_for_batch_mates_and_a_crowd_still_batches(
         _reconfigure(endpoint, before)
 
 
-# --- the local start-classify-stop path `slc serve --once` and `make demo` use ---
-
-
-def test_classify_once_starts_the_endpoint_answers_and_stops(small_bundle, classifier, german_wav, tmp_path):
-    clip = tmp_path / "guten-morgen.wav"
-    clip.write_bytes(german_wav)
-    port = free_port()
-    code = (
-        "import json, sys\n"
-        "from slc.config import ServeConfig\n"
-        "from slc.apps.serve_launcher import classify_once\n"
-        f"status, answer = classify_once({str(small_bundle)!r}, {str(clip)!r}, ServeConfig(port={port}))\n"
-        "print(json.dumps([status, answer, 'torch' in sys.modules]))\n"
-    )
-    # A Ray of its own, as on a user's machine: not the session's cluster.
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    status, answer, torch_loaded = json.loads(done.stdout.strip().splitlines()[-1])
-    assert status == 200 and not torch_loaded
-    assert_same_answer(answer, expected(classifier, german_wav))
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0, "the endpoint is still listening"
+# --- `slc serve` as a user runs it, on a Ray of its own --------------------
 
 
 @contextlib.contextmanager
