@@ -244,15 +244,8 @@ def _build(
     files.update(quantize.quantize_all(fp32, out, calibration))
 
     torch_ms = _torch_latency(model, clip_4s, config.latency_repeats)
-    variants: dict[str, dict[str, Any]] = {}
-    for done, (name, made) in enumerate(files.items(), start=1):
-        if isinstance(made, Exception):
-            variants[name] = {"error": f"{type(made).__name__}: {made}"}
-        else:
-            log.info("scoring %s on %d val and %d test clips", name, clips["val"], clips["test"])
-            variants[name] = quantize.measure(made, splits, labels, clip_4s, config.latency_repeats)
-        if progress is not None:
-            progress(done, len(files), variant=name)
+    log.info("scoring %d variants on %d val and %d test clips", len(files), clips["val"], clips["test"])
+    variants = _scored(files, splits, labels, clip_4s, config, progress)
     _time_against_fp32(variants, out, clip_4s, config, model)
     default = choose_default(variants, config)
     open_set = _fit_open_set(out / variants[default]["file"], splits["val"], labels, config.target_miss)
@@ -282,6 +275,24 @@ def _build(
     }
     (out / "report.md").write_text(report(manifest))
     return bundles.write_manifest(out, manifest)
+
+
+def _scored(
+    files: dict[str, Path | Exception], splits: dict[str, list], labels: LabelSet, clip_4s: quantize.Batch,
+    config: ExportConfig, progress: Callable[..., None] | None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each variant's figures on the scored splits (`quantize.measure`), or the
+    error that kept it from being made."""
+    variants: dict[str, dict[str, Any]] = {}
+    for done, (name, made) in enumerate(files.items(), start=1):
+        if isinstance(made, Exception):
+            variants[name] = {"error": f"{type(made).__name__}: {made}"}
+        else:
+            log.info("scoring %s", name)
+            variants[name] = quantize.measure(made, splits, labels, clip_4s, config.latency_repeats)
+        if progress is not None:
+            progress(done, len(files), variant=name)
+    return variants
 
 
 def _fit_open_set(
