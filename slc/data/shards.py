@@ -10,6 +10,8 @@ Layout of a shard directory:
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -127,6 +129,15 @@ def read_split(root: str, split: str, columns: list[str] | None = None) -> pa.Ta
     dataset = pads.dataset(split_path, filesystem=fs, format="parquet")
     validate(dataset.schema, f"{root}/{split}")
     return dataset.to_table(columns=columns)
+
+
+def read_json(root: str, name: str) -> dict:
+    """`labels.json`, `config.json` or `summary.json` of a shard directory (local path or URI)."""
+    fs, path = storage.resolve(root)
+    file = storage.join(path, name)
+    if not fs.get_file_info(file).is_file:
+        raise ShardError(f"{root}: no shards here (no {name}; `slc ingest` writes them)")
+    return json.loads(storage.read_text(fs, file))
 
 
 def read_rejects(root: str) -> pa.Table:

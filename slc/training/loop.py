@@ -39,7 +39,7 @@ from slc.batch.cluster import check_address, connect
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.training import checkpoint as ckpt, placement, run_dir
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
-from slc.data.shards import read_split
+from slc.data.shards import read_json, read_split
 from slc.training.batches import COLUMNS, batches, class_weights
 from slc.labels import LabelSet
 from slc.training.metrics import metrics_from_confusion
@@ -66,9 +66,8 @@ def train(
     Each epoch's line is logged once, on this (the driver's) side;
     `progress(steps done, steps in all, epoch=, loss=, **{"val F1": })` follows
     rank 0's training steps."""
-    shards_fs, shards_root = storage.resolve(shards)
-    labels = LabelSet.from_json(storage.read_text(shards_fs, storage.join(shards_root, "labels.json")))
-    ingest_config = config_io.from_dict(IngestConfig, json.loads(storage.read_text(shards_fs, storage.join(shards_root, "config.json"))))
+    labels = LabelSet(tuple(read_json(shards, "labels.json")["labels"]))
+    ingest_config = config_io.from_dict(IngestConfig, read_json(shards, "config.json"))
     check_address()
     fs, root = run_dir.prepare(out, config, labels, overwrite, resume)
     # With the dashboard: Ray Train's placement-group cleaner asks its state
@@ -83,6 +82,7 @@ def train(
     # Read once: every epoch then streams from the object store (spilling to
     # disk when it is full) instead of decoding Parquet again. Blocks keep the
     # files' order (not the order reads finish in), so runs are repeatable.
+    shards_fs, shards_root = storage.resolve(shards)
     with _preserving_order():
         datasets = {
             split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs)

@@ -176,6 +176,15 @@ def test_a_bad_flag_is_one_line_and_exit_status_2(args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+@pytest.mark.parametrize("shards", ["missing", "empty"])
+def test_training_on_a_path_that_holds_no_shards_names_it_and_what_writes_them(tmp_path, shards):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(app, ["train", str(tmp_path / shards), str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert f"error: {tmp_path / shards}: no shards here (no labels.json; `slc ingest` writes them)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "args, missing",
     [
