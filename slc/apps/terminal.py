@@ -105,7 +105,8 @@ def job(out: str | Path, uses_ray: bool = True) -> Iterator[None]:
     log file. When the command succeeds the log is appended to
     `OUT/logs/slc.log`; when it fails, OUT is left alone (it may be someone
     else's directory) and the path of the log, in the temporary directory,
-    is shown."""
+    is shown, unless nothing was logged (a command refusing its arguments):
+    that log is removed."""
     session = _current()
     with _temporary_log("slc-", session.verbose) as file:
         path = Path(file.baseFilename)
@@ -113,7 +114,10 @@ def job(out: str | Path, uses_ray: bool = True) -> Iterator[None]:
             with _ray_to(file, session.verbose) if uses_ray else contextlib.nullcontext():
                 yield
         except BaseException:
-            log.info("log: %s", path)
+            if path.stat().st_size:
+                log.info("log: %s", path)
+            else:
+                path.unlink()
             raise
     _keep(path, str(out))
     if not session.verbose:

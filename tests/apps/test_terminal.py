@@ -134,6 +134,31 @@ os.write(2, b"after the job\\n")
     assert "written to file descriptor 2" in (out / "logs" / "slc.log").read_text()
 
 
+def test_a_failed_command_names_its_log_only_when_the_log_holds_something(tmp_path):
+    """A command that fails on its arguments, before it logged anything, leaves
+    no log behind; one that fails later names the log that has its lines. OUT stays untouched."""
+    out = tmp_path / "out"
+    script = f"""
+import logging, tempfile
+tempfile.tempdir = {str(tmp_path)!r}
+from slc.apps import terminal
+terminal.configure(verbose=False)
+for logs_first in (False, True):
+    try:
+        with terminal.job({str(out)!r}):
+            if logs_first:
+                logging.getLogger("slc.test").info("an slc line")
+            raise ValueError("bad input")
+    except ValueError:
+        pass
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    (kept,) = tmp_path.glob("slc-*.log")
+    assert done.stderr.splitlines() == ["slc: an slc line", f"slc: log: {kept}"]
+    assert "an slc line" in kept.read_text() and not out.exists()
+
+
 def test_verbose_brings_rays_lines_back_to_the_terminal(corpus, tmp_path):
     done = _slc("--verbose", "ingest", str(corpus), str(tmp_path / "shards"))
     assert "Started a local Ray instance" in done.stdout + done.stderr
