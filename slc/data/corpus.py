@@ -159,7 +159,10 @@ def _layout_clips(
         root = posixpath.dirname(path)
         entries = {e.path: e for e in read_manifest(fs, path, shown)}
     if not entries:
-        raise CorpusError(f"{shown}: no audio files found (expected <root>/<lang>/**/<audio> or a manifest)")
+        loose = sum(posixpath.splitext(f)[1].lower() in AUDIO_EXTENSIONS for f in files or [] if posixpath.dirname(f) == root)
+        plural = "" if loose == 1 else "s"
+        found = f"{loose} audio file{plural} at its top level and none in a language folder" if loose else "no audio files found"
+        raise CorpusError(f"{shown}: {found} (expected <root>/<lang>/**/<audio> or a manifest)")
     shown_root = inputs.shown_as(shown, path, root)
     clips = [_to_clip(e, root, shown_root, split) for e in entries.values()]
     return _grouped_splits(clips, {}, split)

@@ -137,6 +137,17 @@ def test_missing_or_empty_corpus(tmp_path):
         discover(tmp_path)
 
 
+def test_audio_files_outside_language_folders_are_counted_in_the_error(tmp_path):
+    for name in ("a.wav", "b.flac"):
+        (tmp_path / name).write_bytes(b"RIFF")
+    with pytest.raises(CorpusError) as caught:
+        discover(tmp_path)
+    assert str(caught.value) == (
+        f"{tmp_path}: 2 audio files at its top level and none in a language folder "
+        "(expected <root>/<lang>/**/<audio> or a manifest)"
+    )
+
+
 def test_split_fractions_are_checked():
     with pytest.raises(ValueError, match="sum to 1"):
         SplitConfig(train=0.8, val=0.3, test=0.1)
