@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import yaml
 
 T = TypeVar("T")
@@ -34,11 +35,24 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise ValueError(f"{name} must be a mapping of {kind.__name__} settings, got {value!r}")
-            value = from_dict(kind, value)
-        elif typing.get_origin(kind) is tuple:
-            value = tuple(value)
-        values[name] = value
+            values[name] = from_dict(kind, value)
+        else:
+            values[name] = _typed(name, kind, value)
     return cls(**values)
+
+
+def _typed(name: str, kind: Any, value: Any) -> Any:
+    """`value` as a setting of type `kind` (a YAML list becomes a tuple, an
+    int a float); a value that is not one is a ValueError naming both."""
+    try:
+        return _adapter(kind).validate_python(value)
+    except pydantic.ValidationError as error:
+        raise ValueError(f"{name}: {error.errors()[0]['msg']} (got {value!r})") from None
+
+
+@functools.cache
+def _adapter(kind: Any) -> pydantic.TypeAdapter:
+    return pydantic.TypeAdapter(kind)
 
 
 def dumps(config: Any, fmt: str = "json") -> str:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from slc import config_io
-from slc.config import AudioConfig, IngestConfig, SplitConfig
+from slc.config import AudioConfig, IngestConfig, LabelConfig, ServeConfig, SplitConfig
 
 
 def sample() -> IngestConfig:
@@ -31,3 +31,25 @@ def test_partial_file_keeps_defaults(tmp_path):
 def test_unknown_setting_is_an_error():
     with pytest.raises(ValueError, match="unknown AudioConfig settings: \\['sample_rat'\\]"):
         config_io.from_dict(AudioConfig, {"sample_rat": 8000})
+
+
+@pytest.mark.parametrize(
+    "cls, data, message",
+    [
+        (ServeConfig, {"port": "abc"}, "port: Input should be a valid integer, unable to parse string as an integer (got 'abc')"),
+        (LabelConfig, {"top_k": "x"}, "top_k: Input should be a valid integer, unable to parse string as an integer (got 'x')"),
+        (IngestConfig, {"augment": {"snr_db": [5, "loud"]}}, "snr_db: Input should be a valid number, unable to parse string as a number (got [5, 'loud'])"),
+        (IngestConfig, {"augment": {"snr_db": [5, 10, 20]}}, "snr_db: Tuple should have at most 2 items after validation, not 3 (got [5, 10, 20])"),
+        (IngestConfig, {"labels": "de"}, "labels: Input should be a valid tuple (got 'de')"),
+    ],
+)  # fmt: skip
+def test_a_setting_of_the_wrong_type_is_an_error_naming_it_and_its_value(cls, data, message):
+    with pytest.raises(ValueError) as caught:
+        config_io.from_dict(cls, data)
+    assert str(caught.value) == message
+
+
+def test_settings_of_their_types_keep_their_values():
+    loaded = config_io.from_dict(IngestConfig, {"audio": {"min_duration_s": 1}, "labels": ["de", "fr"]})
+    assert loaded.audio.min_duration_s == 1.0 and loaded.labels == ("de", "fr")
+    assert config_io.from_dict(ServeConfig, {"port": 8001, "host": "0.0.0.0"}) == ServeConfig(port=8001, host="0.0.0.0")

@@ -148,6 +148,9 @@ def test_serve_makes_room_in_the_queue_for_a_larger_batch(monkeypatch, tmp_path)
         ("epochs: [10\n", "while parsing a flow sequence"),
         ("- 10\n", "expected a mapping of TrainConfig settings, got list"),
         ("model: 5\n", "model must be a mapping of ModelConfig settings, got 5"),
+        ("epochs: ten\n", "epochs: Input should be a valid integer, unable to parse string as an integer (got 'ten')"),
+        ("lr: fast\n", "lr: Input should be a valid number, unable to parse string as a number (got 'fast')"),
+        ("model:\n  d_model: 1.5\n", "d_model: Input should be a valid integer, got a number with a fractional part (got 1.5)"),
     ],
 )
 def test_a_bad_config_file_is_one_line_naming_the_file(monkeypatch, tmp_path, text, message):
