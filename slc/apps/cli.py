@@ -290,7 +290,7 @@ def predict(
     files: Annotated[list[Path], typer.Argument(help="Audio files.")],
     bundle: Annotated[Path, typer.Option(help="Bundle directory written by `slc export`.")],
     variant: Annotated[Optional[str], typer.Option(help="Model variant; default: the bundle's default.")] = None,
-    top_k: Annotated[int, typer.Option(help="Probabilities shown per file.")] = 3,
+    top_k: Annotated[int, typer.Option(min=1, help="Probabilities shown per file.")] = 3,
     allow: Annotated[Optional[str], typer.Option(help="Answer only among these languages, e.g. de,fr.")] = None,
     min_confidence: Annotated[Optional[float], typer.Option(help="Below this probability the answer is 'unknown'. (default: the bundle's open-set threshold)")] = None,
     open_set: Annotated[str, typer.Option(help=options.OPEN_SET_HELP)] = "on",

@@ -172,6 +172,7 @@ def test_a_bad_config_file_is_one_line_naming_the_file(monkeypatch, tmp_path, te
         (["label", "a", "--bundle", "b", "--out", "o", "--format", "xml"], "format must be one of"),
         (["label", "a", "--bundle", "b", "--out", "o", "--open-set", "maybe"], "--open-set takes on or off"),
         (["predict", "a.wav", "--bundle", "b", "--open-set", "maybe"], "--open-set takes on or off"),
+        (["predict", "a.wav", "--bundle", "b", "--top-k", "0"], "Invalid value for '--top-k'"),
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_status_2(args, message):
