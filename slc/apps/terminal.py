@@ -114,10 +114,7 @@ def job(out: str | Path, uses_ray: bool = True) -> Iterator[None]:
             with _ray_to(file, session.verbose) if uses_ray else contextlib.nullcontext():
                 yield
         except BaseException:
-            if path.stat().st_size:
-                log.info("log: %s", path)
-            else:
-                path.unlink()
+            _named_or_removed(path, "log")
             raise
     _keep(path, str(out))
     if not session.verbose:
@@ -161,10 +158,15 @@ def decoder_notes() -> Iterator[None]:
         with _native_stderr_to(name):
             yield
     finally:
-        if os.path.getsize(name):
-            log.info("decoder messages: %s", name)
-        else:
-            os.unlink(name)
+        _named_or_removed(Path(name), "decoder messages")
+
+
+def _named_or_removed(path: Path, what: str) -> None:
+    """Name the log at `path` on the terminal (`slc: WHAT: PATH`) when it holds anything; remove it when empty."""
+    if path.stat().st_size:
+        log.info("%s: %s", what, path)
+    else:
+        path.unlink()
 
 
 @contextlib.contextmanager

@@ -159,10 +159,7 @@ def _layout_clips(
         root = posixpath.dirname(path)
         entries = {e.path: e for e in read_manifest(fs, path, shown)}
     if not entries:
-        loose = sum(posixpath.splitext(f)[1].lower() in AUDIO_EXTENSIONS for f in files or [] if posixpath.dirname(f) == root)
-        plural = "" if loose == 1 else "s"
-        found = f"{loose} audio file{plural} at its top level and none in a language folder" if loose else "no audio files found"
-        raise CorpusError(f"{shown}: {found} (expected <root>/<lang>/**/<audio> or a manifest)")
+        raise CorpusError(f"{shown}: {_none_found(files, root)} (expected <root>/<lang>/**/<audio> or a manifest)")
     shown_root = inputs.shown_as(shown, path, root)
     clips = [_to_clip(e, root, shown_root, split) for e in entries.values()]
     return _grouped_splits(clips, {}, split)
@@ -288,13 +285,25 @@ def _tree_entries(files: list[str], root: str, shown: str) -> list[_Entry]:
     by_lang: dict[str, list[str]] = defaultdict(list)
     for file in files:
         lang_dir, _, below = posixpath.relpath(file, root).partition("/")
-        if below and posixpath.splitext(file)[1].lower() in AUDIO_EXTENSIONS:
+        if below and _is_audio(file):
             by_lang[lang_dir].append(file)
     return [
         _Entry(path=file, lang=_lang(lang_dir, inputs.shown_as(shown, root, storage.join(root, lang_dir))))
         for lang_dir, found in sorted(by_lang.items())
         for file in found
     ]
+
+
+def _none_found(files: list[str] | None, root: str) -> str:
+    """Why a tree under `root` gave no clips: its audio files lie at its top level, or it has none."""
+    loose = sum(posixpath.dirname(f) == root and _is_audio(f) for f in files or [])
+    if not loose:
+        return "no audio files found"
+    return f"{loose} audio file{'' if loose == 1 else 's'} at its top level and none in a language folder"
+
+
+def _is_audio(path: str) -> bool:
+    return posixpath.splitext(path)[1].lower() in AUDIO_EXTENSIONS
 
 
 def _to_clip(entry: _Entry, root: str, shown_root: str, config: SplitConfig) -> Clip:

@@ -10,8 +10,6 @@ Layout of a shard directory:
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -131,13 +129,13 @@ def read_split(root: str, split: str, columns: list[str] | None = None) -> pa.Ta
     return dataset.to_table(columns=columns)
 
 
-def read_json(root: str, name: str) -> dict:
-    """`labels.json`, `config.json` or `summary.json` of a shard directory (local path or URI)."""
+def read_text(root: str, name: str) -> str:
+    """`labels.json`, `config.json` or `summary.json` of a shard directory (local path or URI), as text."""
     fs, path = storage.resolve(root)
     file = storage.join(path, name)
     if not fs.get_file_info(file).is_file:
         raise ShardError(f"{root}: no shards here (no {name}; `slc ingest` writes them)")
-    return json.loads(storage.read_text(fs, file))
+    return storage.read_text(fs, file)
 
 
 def read_rejects(root: str) -> pa.Table:

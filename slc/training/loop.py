@@ -39,7 +39,7 @@ from slc.batch.cluster import check_address, connect
 from slc.batch.progress import ProgressFn, Reporter, relay
 from slc.training import checkpoint as ckpt, placement, run_dir
 from slc.config import FeatureConfig, IngestConfig, TrainConfig
-from slc.data.shards import read_json, read_split
+from slc.data.shards import read_split, read_text
 from slc.training.batches import COLUMNS, batches, class_weights
 from slc.labels import LabelSet
 from slc.training.metrics import metrics_from_confusion
@@ -66,8 +66,8 @@ def train(
     Each epoch's line is logged once, on this (the driver's) side;
     `progress(steps done, steps in all, epoch=, loss=, **{"val F1": })` follows
     rank 0's training steps."""
-    labels = LabelSet(tuple(read_json(shards, "labels.json")["labels"]))
-    ingest_config = config_io.from_dict(IngestConfig, read_json(shards, "config.json"))
+    labels = LabelSet.from_json(read_text(shards, "labels.json"))
+    ingest_config = config_io.from_dict(IngestConfig, json.loads(read_text(shards, "config.json")))
     check_address()
     fs, root = run_dir.prepare(out, config, labels, overwrite, resume)
     # With the dashboard: Ray Train's placement-group cleaner asks its state
