@@ -137,6 +137,27 @@ def small_checkpoint(small_shards, tmp_path_factory):
     return train_in_process(small_shards, LabelSet(("de", "en")), epochs=8, directory=directory)
 
 
+TINY_RUN_EPOCHS = 5
+
+
+def tiny_run_config(**changes):
+    """The settings of `tiny_run`, with `changes`."""
+    from slc.config import ModelConfig, TrainConfig
+
+    settings = dict(model=ModelConfig.preset("tiny"), batch_size=8, max_frames=300, workers=2, epochs=TINY_RUN_EPOCHS)
+    return TrainConfig(**{**settings, "keep_checkpoints": 1, **changes})
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_shards, tmp_path_factory):
+    """A 2-worker Ray Train run of `tiny_run_config()` on `small_shards` that
+    nothing interrupted: (its output directory, what `train` returned)."""
+    from slc.training.loop import train
+
+    out = tmp_path_factory.mktemp("run")
+    return out, train(str(small_shards), str(out), tiny_run_config())
+
+
 def train_in_process(shards, labels, epochs: int, directory, shuffle: bool = False):
     """A 2-layer tiny classifier of `labels` trained here on the train split
     of `shards` (batches in order, or shuffled), saved at `directory` as a
