@@ -15,6 +15,11 @@ DEMO_BACKGROUND ?= 20
 DEMO_AUGMENT ?= 2
 DEMO_EPOCHS ?= 6
 
+# Most tests wait on processes starting (Ray, its workers, browsers, pip), so
+# two pytest workers, each with its own local Ray, finish sooner even on 2
+# cores. By file: a module's tests share one worker and its fixtures.
+TEST_WORKERS ?= 2
+
 # The throughput benchmarks' `tiny` bundle (README, "Measured on the 2-core
 # development machine"): Speech2Text `tiny`, one epoch on 150 clips per language.
 TINY ?= $(DEMO)/tiny
@@ -55,7 +60,7 @@ chromium:
 
 test: setup chromium
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 demo: setup
 	$(SLC) synth $(DEMO)/corpus --per-lang $(DEMO_PER_LANG) --background $(DEMO_BACKGROUND) --overwrite
