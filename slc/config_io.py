@@ -28,7 +28,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}")
+        raise ValueError(f"unknown {cls.__name__} settings: {sorted(unknown)}; known: {', '.join(sorted(names))}")
     values = {}
     for name, value in data.items():
         kind = hints[name]

@@ -405,21 +405,6 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
 
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:
-    """ServeConfig from `key=value` arguments, whose values may be strings."""
-    hints = typing.get_type_hints(ServeConfig)
-    values = {}
-    for name, value in args.items():
-        if name not in hints:
-            raise ValueError(f"unknown serve setting {name!r}; known: {sorted(hints)}")
-        values[name] = _convert(value, hints[name]) if isinstance(value, str) else value
-    return from_dict(ServeConfig, values)
-
-
-def _convert(text: str, kind: Any) -> Any:
-    if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"not a boolean: {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    if kind in (int, float):
-        return kind(text)
-    return text or None  # str or str | None
+    """ServeConfig from `key=value` arguments, whose values may be strings
+    (converted to each setting's type; an empty one leaves it unset)."""
+    return from_dict(ServeConfig, {name: None if value == "" else value for name, value in args.items()})

@@ -189,11 +189,14 @@ def test_serve_config_passes_ray_serves_schema_and_binds_loopback():
 
 
 def test_builder_arguments_are_converted_and_checked(small_bundle, tmp_path):
-    assert config_from_args({"threads": "2", "variant": "fp32", "max_upload_mb": "5"}) == ServeConfig(
-        threads=2, variant="fp32", max_upload_mb=5.0
+    assert config_from_args({"threads": "2", "variant": "fp32", "max_upload_mb": "5", "open_set": "no"}) == ServeConfig(
+        threads=2, variant="fp32", max_upload_mb=5.0, open_set=False
     )
-    with pytest.raises(ValueError, match="unknown serve setting"):
+    assert config_from_args({"variant": ""}).variant is None
+    with pytest.raises(ValueError, match=r"unknown ServeConfig settings: \['thread'\]; known: .*, threads,"):
         config_from_args({"thread": "2"})
+    with pytest.raises(ValueError, match=r"threads: Input should be a valid integer.*\(got 'two'\)"):
+        config_from_args({"threads": "two"})
     with pytest.raises(ValueError, match="max_ongoing_requests"):
         config_from_args({"max_batch_size": "64", "max_ongoing_requests": "8"})
     with pytest.raises(FileNotFoundError, match="not a bundle"):
