@@ -61,6 +61,14 @@ def pytest_sessionfinish(session, exitstatus):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _left_behind.append(f"{pid} {command[:120]}")
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller reports them
+        session.config.workeroutput["left_behind"] = _left_behind
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """A pytest-xdist worker has finished: what it killed joins the report."""
+    _left_behind.extend(getattr(node, "workeroutput", {}).get("left_behind", []))
 
 
 def pytest_terminal_summary(terminalreporter):
