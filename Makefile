@@ -17,7 +17,8 @@ DEMO_EPOCHS ?= 6
 
 # Most tests wait on processes starting (Ray, its workers, browsers, pip), so
 # two pytest workers, each with its own local Ray, finish sooner even on 2
-# cores. By file: a module's tests share one worker and its fixtures.
+# cores. By file: a module's tests share one worker and its fixtures. In the
+# order of collection, where conftest puts the slow ones first.
 TEST_WORKERS ?= 2
 
 # The throughput benchmarks' `tiny` bundle (README, "Measured on the 2-core
@@ -60,7 +61,7 @@ chromium:
 
 test: setup chromium
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: setup
 	$(SLC) synth $(DEMO)/corpus --per-lang $(DEMO_PER_LANG) --background $(DEMO_BACKGROUND) --overwrite

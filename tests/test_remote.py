@@ -103,6 +103,7 @@ def test_ingest_writes_readable_shards_to_s3(ray_session, corpus, s3):
     _assert_shards(uri, resumed, corpus)
 
 
+@pytest.mark.slow
 def test_training_run_and_best_checkpoint_on_s3(small_shards, s3):
     client, endpoint = s3
     uri = f"s3://{ACCESS_KEY}:{SECRET_KEY}@{BUCKET}/runs/r1?endpoint_override={endpoint}&scheme=http"
@@ -120,6 +121,7 @@ def test_training_run_and_best_checkpoint_on_s3(small_shards, s3):
 # --- ray job submit ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_featurize_job_runs_on_a_ray_start_head(ray_head, corpus, tmp_path):
     out = tmp_path / "shards"
     job_id = f"featurize-{secrets.token_hex(4)}"

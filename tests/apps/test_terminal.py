@@ -165,6 +165,7 @@ def test_verbose_brings_rays_lines_back_to_the_terminal(corpus, tmp_path):
     assert (tmp_path / "shards" / "logs" / "slc.log").is_file()
 
 
+@pytest.mark.slow
 def test_train_prints_each_epoch_line_once_and_keeps_metric_dicts_in_the_log(small_shards, tmp_path):
     run = tmp_path / "run"
     done = _slc("train", str(small_shards), str(run), "--preset", "tiny", "--epochs", "2", "--batch-size", "8")

@@ -32,6 +32,8 @@ from slc.data.shards import copy_id, read_rejects, read_split
 from slc.runtime.classifier import Classifier
 from slc.training.loop import train
 
+pytestmark = pytest.mark.slow
+
 SAYINGS = {
     "de": [
         "Guten Morgen, der Zug nach Bern fährt um acht Uhr.",

@@ -5,9 +5,12 @@ import json
 import secrets
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_train_job_succeeds_and_leaves_the_best_checkpoint(ray_head, small_shards, tmp_path):
     out = tmp_path / "run"
     job_id = f"train-{secrets.token_hex(4)}"

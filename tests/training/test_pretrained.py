@@ -50,6 +50,7 @@ def slc_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
+@pytest.mark.slow
 def test_a_run_from_a_pretrained_encoder_evaluates_exports_predicts_and_resumes(
     pretrained, small_shards, tmp_path, slc_log
 ):
