@@ -73,7 +73,8 @@ def train(
     # With the dashboard: Ray Train's placement-group cleaner asks its state
     # API whether the controller lives, and without it warns every second.
     connect(dashboard=True)
-    scaling_config, device = placement.scaling(config, ray.cluster_resources())
+    resources = ray.cluster_resources()
+    scaling_config, device = placement.scaling(config, resources)
     # First in the job log: a run meant for GPUs must not train on CPU unnoticed.
     (log.info if scaling_config.use_gpu or config.use_gpu is False else log.warning)("%s", device)
 
@@ -82,10 +83,14 @@ def train(
     # Read once: every epoch then streams from the object store (spilling to
     # disk when it is full) instead of decoding Parquet again. Blocks keep the
     # files' order (not the order reads finish in), so runs are repeatable.
+    # The reads hold no CPU (at most one per CPU run at once): when a node
+    # dies, Ray rebuilds the blocks it held by reading them again, while the
+    # restarted workers may hold every CPU left, and the run waited forever.
     shards_fs, shards_root = storage.resolve(shards)
+    reads = {"num_cpus": 0, "concurrency": max(1, int(resources.get("CPU", 1)))}
     with _preserving_order():
         datasets = {
-            split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs)
+            split: ray.data.read_parquet(storage.join(shards_root, split), filesystem=shards_fs, **reads)
             .select_columns(COLUMNS)
             .materialize()
             for split in ("train", "val")
