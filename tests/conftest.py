@@ -160,8 +160,10 @@ def tiny_run_config(**changes):
     """The settings of `tiny_run`, with `changes`."""
     from slc.config import ModelConfig, TrainConfig
 
-    settings = dict(model=ModelConfig.preset("tiny"), batch_size=8, max_frames=300, workers=2, epochs=TINY_RUN_EPOCHS)
-    return TrainConfig(**{**settings, "keep_checkpoints": 1, **changes})
+    settings = dict(
+        model=ModelConfig.preset("tiny"), batch_size=8, max_frames=300, workers=2, epochs=TINY_RUN_EPOCHS, keep_checkpoints=1
+    )
+    return TrainConfig(**{**settings, **changes})
 
 
 @pytest.fixture(scope="session")
