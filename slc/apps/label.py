@@ -1,8 +1,8 @@
-"""Batch labelling of audio archives on Ray Data: every file in, one row out.
+"""Batch labelling of audio archives on Ray: every file in, one row out.
 
-    list (driver) -> read, decode, featurise, classify (tasks; or an actor
-    pool classifying, see `slc.apps.label_pipeline`) -> part files under
-    OUT, written as the run goes
+    list (driver) -> read, decode, featurise, classify, write part files
+    under OUT (Ray tasks; or on Ray Data with an actor pool classifying, see
+    `slc.apps.label_pipeline`), written as the run goes
 
 Inputs are what `slc.batch.inputs` lists: directories, globs (local or on
 URIs), archives and manifests. A file that cannot be labelled is a row with
@@ -30,13 +30,14 @@ import ray
 from slc import config_io
 from slc import __version__, storage
 from slc.apps.label_output import LabelError, read_labels, read_parts, record_settings, settled, writer
-from slc.apps.label_pipeline import Labeller, choose_shape, gpu_variant, label_batch, pipeline, read_batch
+from slc.apps.label_pipeline import (
+    Labeller, choose_shape, gpu_variant, label_batch, read_batch, run_fused, run_pool, slots, task_blocks,
+)  # fmt: skip
 from slc.batch import accounting
 from slc.batch.cluster import check_address, connect
 from slc.batch.inputs import list_inputs
-from slc.batch.progress import ProgressFn, relay
-from slc.batch.raydata import without_resource_reservation
-from slc.batch.sink import PartSink
+from slc.batch.progress import ProgressFn
+from slc.batch.sink import PartWriter
 from slc.config import LabelConfig
 from slc.labels import normalize
 from slc.runtime.classifier import Classifier
@@ -84,9 +85,10 @@ def label(
     todo = [item for item in listing.items if item["path"] not in done]
     log.info("labelling %d files (%d listed, %d labelled before); shape %s: %s", len(todo), len(listed), len(done), shape, why)
     if todo:
-        sink = PartSink(fs, root, writer(config.format), config.format, config.rows_per_file, "path")
-        with without_resource_reservation(), relay(_counting(progress, len(todo))) as report:
-            pipeline(todo, listing.filesystems, str(bundle), config, shape, report).write_datasink(sink)
+        run = run_fused if shape == "fused" else run_pool
+        blocks = task_blocks(todo, listing.filesystems, config, slots(config, shape))
+        parts = PartWriter(fs, root, writer(config.format), config.format, config.rows_per_file, "path")
+        run(blocks, listing.filesystems, str(bundle), config, parts, _counting(progress, len(todo)))
     cores = ray.cluster_resources().get("CPU")
     this_run = {item["path"] for item in todo}
     outcome = read_parts(fs, root)

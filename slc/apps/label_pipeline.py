@@ -1,10 +1,12 @@
-"""The shapes of `slc label`'s Ray Data pipeline, and the stages they run.
+"""The shapes of `slc label`'s pipeline, and the stages they run.
 
-    fused: read, decode, featurise and classify in one task per batch of
-           files, on the Classifier its worker process keeps loaded
+    fused: read, decode, featurise, classify and write in one Ray task per
+           batch of files, on the Classifier its worker process keeps
+           loaded (plain tasks, `slc.batch.tasks`)
     pool:  read, decode, featurise (tasks) -> features through the object
            store -> classify (an actor pool of Classifiers, each with a GPU
-           and onnxruntime's CUDA provider where the cluster has GPUs)
+           and onnxruntime's CUDA provider where the cluster has GPUs), on
+           Ray Data
 
 For a small model on CPUs, moving features through the object store costs
 more than the model does: `fused` is the shape for it. `pool` pays when the
@@ -25,6 +27,7 @@ import dataclasses
 import functools
 import io
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +41,9 @@ from slc.apps.label_output import output_schema
 from slc.batch.columns import arrays_of, flat_list_column
 from slc.batch.decode import Decoded, decode, decode_items
 from slc.batch.inputs import read_bytes
-from slc.batch.progress import Reporter
+from slc.batch.progress import Reporter, relay
+from slc.batch.sink import PartWriter
+from slc.batch.tasks import run_tasks
 from slc.config import LabelConfig
 from slc.runtime import bundle as bundles
 from slc.runtime.classifier import Classifier, Prediction
@@ -95,24 +100,58 @@ def gpu_variant(config: LabelConfig, shape: str) -> str | None:
     return None
 
 
-def pipeline(
-    items: list[dict[str, Any]], filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig, shape: str,
-    report: Reporter | None = None,
+def slots(config: LabelConfig, shape: str) -> float:
+    """How many of the shape's reading tasks the cluster runs at once."""
+    return ray.cluster_resources().get("CPU", 1.0) / (config.threads if shape == "fused" else config.cpus_per_task)
+
+
+def run_fused(
+    blocks: list[pa.Table], filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig, parts: PartWriter,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> None:  # fmt: skip
+    """Label each block of items (`task_blocks`) in a task of its own that
+    writes its rows to `parts`; `on_event({"files": n, "audio_s": s})` on
+    the driver as each task finishes."""
+    kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config, "parts": parts}
+    run_tasks(label_part, blocks, kwargs, config.threads, on_event or (lambda event: None), name="slc-label")
+
+
+def label_part(
+    block: pa.Table, filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig, parts: PartWriter
+) -> dict[str, float]:
+    """A fused task: `block`'s items labelled and written as parts -> how many
+    files and seconds of audio."""
+    table = label_batch(block, filesystems, bundle, config)
+    parts.write_table(table)
+    return {"files": table.num_rows, "audio_s": sum(s or 0.0 for s in table["duration_s"].to_pylist())}
+
+
+def run_pool(
+    blocks: list[pa.Table], filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig, parts: PartWriter,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> None:  # fmt: skip
+    """Label the blocks of items in the pool shape, on Ray Data, into `parts`;
+    `on_event({"files": n, "audio_s": s})` on the driver after each batch
+    classified."""
+    # Ray Data takes a second to import: only this shape needs it.
+    from slc.batch.raydata import PartSink, without_resource_reservation
+
+    sink = PartSink(parts.filesystem, parts.root, parts.writer, parts.suffix, parts.rows_per_file, parts.id_column)
+    with without_resource_reservation(), relay(on_event) as report:
+        _pool_dataset(blocks, filesystems, bundle, config, report).write_datasink(sink)
+
+
+def _pool_dataset(
+    blocks: list[pa.Table], filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig,
+    report: Reporter | None,
 ):  # fmt: skip
-    """The dataset of output rows (`output_schema`) for `items`, in `shape`;
-    `report(files=, audio_s=)` after each batch classified. The pool's
-    actors run the model on CUDA when they are given GPUs (`gpus_per_actor`)."""
-    slots = ray.cluster_resources().get("CPU", 1.0) / (config.threads if shape == "fused" else config.cpus_per_task)
-    dataset = ray.data.from_arrow(task_blocks(items, filesystems, config, slots))
+    """The dataset of output rows (`output_schema`); `report(files=,
+    audio_s=)` after each batch classified. The actors run the model on
+    CUDA when they are given GPUs (`gpus_per_actor`)."""
     kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config}
-    if shape == "fused":
-        return dataset.map_batches(
-            label_batch, fn_kwargs={**kwargs, "report": report}, batch_format="pyarrow", batch_size=None,
-            num_cpus=config.threads,
-        )  # fmt: skip
     gpus = gpus_per_actor(config)
     log.info("classifying in %d actors of %g CPU and %g GPU each", config.concurrency, config.cpus_per_actor, gpus)
-    return dataset.map_batches(
+    return ray.data.from_arrow(blocks).map_batches(
         read_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None, num_cpus=config.cpus_per_task
     ).map_batches(
         Labeller,
@@ -191,10 +230,7 @@ def read_batch(
     return _read_table(decoded, classifier, config)
 
 
-def label_batch(
-    batch: pa.Table, filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig,
-    report: Reporter | None = None,
-) -> pa.Table:  # fmt: skip
+def label_batch(batch: pa.Table, filesystems: list[pafs.FileSystem], bundle: str, config: LabelConfig) -> pa.Table:
     """Items (from `list_inputs`) -> rows of `output_schema`, read, decoded,
     featurised and classified in this process. A recording whose header
     promises more than `whole_clip_max_s` is streamed from its file (a local
@@ -212,8 +248,6 @@ def label_batch(
         rows[i] = row
     for i in streamed:
         rows[i] = labeller.stream(items[i]["path"], sources[i], audio_config.max_duration_s)
-    if report:
-        report(files=len(rows), audio_s=sum(r["duration_s"] or 0.0 for r in rows))
     return pa.Table.from_pylist(rows, schema=output_schema(config.segments))
 
 

@@ -1,11 +1,17 @@
-"""Ray Data settings shared by the stages that run on it (ingest, label)."""
+"""Ray Data settings and sinks shared by the stages that run on it (ingest,
+label's pool shape)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 
+import pyarrow as pa
 import ray.data
+from ray.data.block import BlockAccessor
+from ray.data.datasource.datasink import Datasink
+
+from slc.batch.sink import PartWriter
 
 
 @contextlib.contextmanager
@@ -21,3 +27,12 @@ def without_resource_reservation() -> Iterator[None]:
         yield
     finally:
         context.op_resource_reservation_enabled = reserving
+
+
+class PartSink(PartWriter, Datasink[pa.Table | None]):
+    """`PartWriter` as a Ray Data sink: each task's rows written as the task
+    finishes; a write of no rows returns None to the driver."""
+
+    def write(self, blocks, ctx) -> pa.Table | None:
+        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+        return self.write_table(pa.concat_tables(tables)) if tables else None

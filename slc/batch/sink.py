@@ -1,4 +1,5 @@
-"""Crash-safe part files: a Ray Data sink whose every file is whole or absent.
+"""Crash-safe part files: every file whole or absent, written by Ray tasks
+(`PartWriter`) or as a Ray Data sink (`PartSink`).
 
 Each part is written aside (`.part-<digest>.<suffix>.tmp`) and then moved into
 place as `part-<digest>.<suffix>`, the digest being of the ids the part holds:
@@ -15,8 +16,6 @@ from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from ray.data.block import BlockAccessor
-from ray.data.datasource.datasink import Datasink
 
 from slc import storage
 
@@ -66,11 +65,11 @@ def remove_unfinished(fs: pafs.FileSystem, folder: str) -> None:
             fs.delete_file(leftover.path)
 
 
-class PartSink(Datasink[pa.Table | None]):
-    """Ray Data sink: rows into parts of at most `rows_per_file` rows under
-    `root`, each task's rows written as the task finishes. Subclasses choose
-    the folder of each row (`folders`) and what each write of rows returns to
-    the driver (`returned`; None for a write of none)."""
+class PartWriter:
+    """Rows into parts of at most `rows_per_file` rows under `root`, the rows
+    of one write at a time. Picklable, for the tasks that write. Subclasses
+    choose the folder of each row (`folders`) and what a write returns
+    (`returned`)."""
 
     def __init__(
         self, filesystem: pafs.FileSystem, root: str, writer: Writer, suffix: str, rows_per_file: int, id_column: str
@@ -78,11 +77,8 @@ class PartSink(Datasink[pa.Table | None]):
         self.filesystem, self.root, self.rows_per_file = filesystem, root, rows_per_file
         self.writer, self.suffix, self.id_column = writer, suffix, id_column
 
-    def write(self, blocks, ctx) -> pa.Table | None:
-        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
-        if not tables:
-            return None
-        table = pa.concat_tables(tables)
+    def write_table(self, table: pa.Table) -> pa.Table | None:
+        """Write `table`'s rows; returns `returned(table)`."""
         for folder, rows in self.folders(table):
             self.filesystem.create_dir(folder, recursive=True)
             for start in range(0, rows.num_rows, self.rows_per_file):
@@ -95,5 +91,5 @@ class PartSink(Datasink[pa.Table | None]):
         return [(self.root, table)]
 
     def returned(self, table: pa.Table) -> pa.Table | None:
-        """What a write hands back to the driver: by default nothing."""
+        """What a write hands back: by default nothing."""
         return None

@@ -20,7 +20,7 @@ from ray.data.datasource.datasink import WriteResult
 
 from slc import storage
 from slc.batch.columns import flat_list_column
-from slc.batch.sink import PartSink
+from slc.batch.raydata import PartSink
 
 SCHEMA_VERSION = 3  # 2: the augment column; 3: source_lang
 NUM_MEL_BINS = 80

@@ -375,8 +375,14 @@ def test_featurising_apart_from_classifying_gives_the_same_answers(small_bundle,
     assert all(f.shape == (1 + (len(c) - 400) // 160, 80) for f, c in zip(features, clips))
 
 
-def test_labelling_never_imports_torch():
-    code = "import sys, slc.apps.label\nassert 'torch' not in sys.modules, 'torch was imported'\n"
+def test_labelling_never_imports_torch_nor_the_fused_shape_ray_data():
+    """torch is the training stage's; Ray Data costs each worker process of
+    the fused shape a second to import, and the driver too."""
+    code = (
+        "import sys, slc.apps.label\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'ray.data' not in sys.modules, 'ray.data was imported'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -15,9 +15,9 @@ def _table(ids: list[str]) -> pa.Table:
 
 
 def test_parts_are_named_by_their_ids_and_a_retried_write_replaces_its_own(tmp_path):
-    part_sink = sink.PartSink(pafs.LocalFileSystem(), str(tmp_path), pq.write_table, "parquet", 2, "path")
-    part_sink.write([_table(["a", "b", "c"])], None)
-    part_sink.write([_table(["a", "b", "c"])], None)  # the same task again
+    parts = sink.PartWriter(pafs.LocalFileSystem(), str(tmp_path), pq.write_table, "parquet", 2, "path")
+    parts.write_table(_table(["a", "b", "c"]))
+    parts.write_table(_table(["a", "b", "c"]))  # the same task again
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == sorted([sink.part_name(["a", "b"], "parquet"), sink.part_name(["c"], "parquet")])
     assert sorted(pq.read_table(tmp_path).column("path").to_pylist()) == ["a", "b", "c"]
@@ -28,9 +28,9 @@ def test_a_write_that_dies_leaves_no_part_and_its_leftover_is_removed(tmp_path):
         stream.write(b"half a part")
         raise OSError("disk gone")
 
-    part_sink = sink.PartSink(pafs.LocalFileSystem(), str(tmp_path), dies, "csv", 10, "path")
+    parts = sink.PartWriter(pafs.LocalFileSystem(), str(tmp_path), dies, "csv", 10, "path")
     with pytest.raises(OSError, match="disk gone"):
-        part_sink.write([_table(["a"])], None)
+        parts.write_table(_table(["a"]))
     assert sink.parts(pafs.LocalFileSystem(), str(tmp_path), "csv") == []
     assert [p.name for p in tmp_path.iterdir()] == [f".{sink.part_name(['a'], 'csv')}.tmp"]
     sink.remove_unfinished(pafs.LocalFileSystem(), str(tmp_path))

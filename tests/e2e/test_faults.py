@@ -97,7 +97,7 @@ def _report(stage: str, kill, inputs: int, rows: list[str], wall_s: float) -> No
 
 
 # Where each shape classifies: the pool in its actors, the fused shape in the tasks that read.
-CLASSIFIER_NODE = {"pool": lambda: node_of_actor("Labeller"), "fused": lambda: busiest_node("MapBatches")}
+CLASSIFIER_NODE = {"pool": lambda: node_of_actor("Labeller"), "fused": lambda: busiest_node("slc-label")}
 
 
 @pytest.mark.parametrize("shape", ["pool", "fused"])
