@@ -230,7 +230,7 @@ def bench_ingest(corpus: Path, out: Path, runs: int) -> IngestRun:
             walls.append(time.perf_counter() - started)
         run = IngestRun(summary["audio_hours"] * 3600, int(ray.cluster_resources()["CPU"]), init_s, walls)
     finally:
-        ray.shutdown()
+        cluster.shutdown()
     print_ingest(run, summary["accepted"])
     return run
 

@@ -110,7 +110,7 @@ def one_round(listing: Path, bundle: Path, out: Path, files: list[str]) -> dict:
         cores = summaries[RUNS[0]]["cores"]
         labels = {r["path"]: r["language"] for r in read_labels(out / "fused-cold").to_pylist()}
     finally:
-        ray.shutdown()
+        cluster.shutdown()
     loop_s, loop_audio_s, answers = sequential_predict(files, bundle)
     loops_s, loops_audio_s = loops_at_once(files, bundle, int(cores))
     agree = sum(labels.get(path) == language for path, language in answers.items()) / len(answers)
@@ -254,7 +254,7 @@ def _object_store_round_trip(found, bundle: str) -> float:
             ray.get(ray.put(block))
         return time.perf_counter() - started
     finally:
-        ray.shutdown()
+        cluster.shutdown()
 
 
 def report(rounds: list[dict], stages: dict[str, float], file_s: float) -> None:

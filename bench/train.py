@@ -18,8 +18,6 @@ import logging
 import tempfile
 from pathlib import Path
 
-import ray
-
 from slc.batch import cluster
 from slc.config import AugmentConfig, IngestConfig, ModelConfig, TrainConfig
 from slc.data.ingest import ingest
@@ -56,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run:
         train(str(shards), run, config)
         history = json.loads((Path(run) / "best" / "history.json").read_text())
-    ray.shutdown()
+    cluster.shutdown()
 
     clips = summary["splits"]["train"]["clips"] + summary["augmented"]["clips"]
     print(f"\n{clips} training clips per epoch, preset {args.preset}, {args.workers} workers, batch {config.batch_size}")

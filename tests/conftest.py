@@ -100,9 +100,11 @@ def start_session_ray():
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray per test session; shut down (no processes left) at the end."""
+    from slc.batch import cluster
+
     ray = start_session_ray()
     yield ray
-    ray.shutdown()
+    cluster.shutdown()
 
 
 def registered_epochs(out: Path) -> list[int]:

@@ -20,7 +20,7 @@ from ray import serve
 from slc.apps.serve import APP_NAME, build_app
 from slc.apps.serve_client import post_audio, wait_until_ready
 from slc.apps.serve_proxy import proxy_environment
-from slc.batch.cluster import check_address, init, stop_as_on_ctrl_c
+from slc.batch.cluster import check_address, init, shutdown, stop_as_on_ctrl_c
 from slc.config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def running(bundle: str | Path, config: ServeConfig = ServeConfig(), show_logs: 
             serve.shutdown()
     finally:
         if started_ray:
-            ray.shutdown()
+            shutdown()
 
 
 def check_ingress(config: ServeConfig, starts_ray: bool) -> None:

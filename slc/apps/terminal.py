@@ -225,6 +225,8 @@ def _ray_to(file: logging.Handler, verbose: bool) -> Iterator[None]:
         global_worker_stdstream_dispatcher as dispatcher,
     )
 
+    from slc.batch import cluster
+
     # A handler of their own: Ray's set-up at init reformats the handlers of its loggers.
     file, level = logging.FileHandler(file.baseFilename), file.level
     file.setFormatter(logging.Formatter(_FILE_FORMAT))
@@ -253,7 +255,7 @@ def _ray_to(file: logging.Handler, verbose: bool) -> Iterator[None]:
                 yield
             finally:
                 if not running and ray.is_initialized():
-                    ray.shutdown()
+                    cluster.shutdown()
     finally:
         ray_worker._worker_logs_enabled, context.enable_progress_bars = settings
         dispatcher.remove_handler("slc_log_file")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import ray
@@ -140,3 +144,53 @@ def test_sigterm_after_ray_has_started_stops_as_ctrl_c_does_without_rays_stack_t
     assert "stopped as by Ctrl-C" in run.stdout, run.stdout
     assert "SIGTERM received" not in run.stdout, run.stdout
     assert left == [], f"Ray processes left running: {left}"
+
+
+SHUT_DOWN = """
+import ray
+from slc.batch import cluster
+
+cluster.init(address="{address}", include_dashboard=False, logging_level="ERROR")
+ray.get(ray.remote(lambda: 1).remote())
+cluster.shutdown()
+print("shut down", flush=True)
+"""
+
+
+def test_shutting_down_a_ray_started_here_leaves_no_process():
+    run, left = _run_alone(SHUT_DOWN.replace("{address}", "local"))
+    assert "shut down" in run.stdout, run.stdout
+    assert left == [], f"Ray processes left running: {left}"
+
+
+def test_shutting_down_after_joining_a_cluster_leaves_every_process_of_the_cluster_running(monkeypatch):
+    """The monitor that `shutdown` stops at once is the one of a Ray started
+    here: a cluster the process joined keeps its own."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the cluster's token would be under its temp dir
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp_dir = tempfile.mkdtemp(prefix="slc-join-", dir="/tmp")  # short: Ray's socket paths are limited
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    head = subprocess.Popen(
+        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert head.wait(timeout=120) == 0
+        before = _session_pids(head.pid)
+        assert any("autoscaler/_private/monitor.py" in args for args in before.values()), before
+        run, left = _run_alone(SHUT_DOWN.replace("{address}", f"127.0.0.1:{port}"))
+        assert "shut down" in run.stdout, run.stdout
+        assert _session_pids(head.pid) == before
+    finally:
+        for pid in _session_pids(head.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _session_pids(sid: int) -> dict[int, str]:
+    """pid -> command line of each process in session `sid`."""
+    rows = subprocess.run(["ps", "-ww", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout.splitlines()
+    return {int(pid): args for row_sid, pid, args in (row.split(None, 2) for row in rows) if row_sid == str(sid)}
