@@ -7,8 +7,9 @@ then waits for. At most `in_flight` tasks per slot of the cluster (its CPUs
 over each task's) are submitted at once, so a long listing is not put in
 the object store whole, and a cluster that grows gets more.
 
-A task whose worker or node dies runs again, as Ray Data's do: the function
-must be safe to run twice on a block. An exception it raises stops the run:
+Tasks are spread over the cluster's nodes and a task whose worker or node
+dies runs again, as Ray Data's are and do: the function must be safe to run
+twice on a block. An exception it raises stops the run:
 the tasks left are cancelled and the error is raised on the driver.
 """
 
@@ -33,8 +34,9 @@ def run_tasks(
     """`fn(block, **kwargs)` for each of `blocks` in a Ray task named `name`
     holding `num_cpus`; `on_done(result)` on the driver as each finishes."""
     remote = ray.remote(fn).options(
-        num_cpus=num_cpus, name=name, max_retries=-1, retry_exceptions=[ray.exceptions.RaySystemError]
-    )
+        num_cpus=num_cpus, name=name, scheduling_strategy="SPREAD",
+        max_retries=-1, retry_exceptions=[ray.exceptions.RaySystemError],
+    )  # fmt: skip
     shared = {key: ray.put(value) for key, value in kwargs.items()}  # once, not once per task
     waiting = iter(blocks)
     running: list[ray.ObjectRef] = []
