@@ -111,9 +111,25 @@ def run_fused(
 ) -> None:  # fmt: skip
     """Label each block of items (`task_blocks`) in a task of its own that
     writes its rows to `parts`; `on_event({"files": n, "audio_s": s})` on
-    the driver as each task finishes."""
+    the driver as each task finishes. A block whose worker process keeps
+    dying (a decoder's crash, the out-of-memory killer) is labelled again a
+    file per task; a file that still kills its worker is written here as
+    `failed`, which a resumed run tries again."""
+
+    def lost(block: pa.Table, error: Exception) -> dict[str, float]:
+        rows = [
+            output_row({"path": path, "error": "failed", "detail": f"{path}: the process labelling it died ({type(error).__name__})"}, None, config)
+            for path in block["path"].to_pylist()
+        ]  # fmt: skip
+        log.error("%s: the worker process labelling it died each time it was tried", ", ".join(r["path"] for r in rows))
+        parts.write_table(pa.Table.from_pylist(rows, schema=output_schema(config.segments)))
+        return {"files": len(rows), "audio_s": 0.0}
+
     kwargs = {"filesystems": filesystems, "bundle": bundle, "config": config, "parts": parts}
-    run_tasks(label_part, blocks, kwargs, config.threads, on_event or (lambda event: None), name="slc-label")
+    run_tasks(
+        label_part, blocks, kwargs, config.threads, on_event or (lambda event: None), name="slc-label",
+        split=lambda block: [block.slice(i, 1) for i in range(block.num_rows)], lost=lost,
+    )  # fmt: skip
 
 
 def label_part(

@@ -7,19 +7,26 @@ then waits for. At most `in_flight` tasks per slot of the cluster (its CPUs
 over each task's) are submitted at once, so a long listing is not put in
 the object store whole, and a cluster that grows gets more.
 
-Tasks are spread over the cluster's nodes and a task whose worker or node
-dies runs again, as Ray Data's are and do: the function must be safe to run
-twice on a block. An exception it raises stops the run:
-the tasks left are cancelled and the error is raised on the driver.
+Tasks are spread over the cluster's nodes. A task whose worker dies (a
+crash, the out-of-memory killer, a lost node) runs again, up to
+`max_retries` times: the function must be safe to run twice on a block.
+After that, the block is run again as its pieces (`split`), each in a task
+of its own, so that one input that kills every worker it lands on takes no
+other input down; a piece that splits no further is handed to `lost`. An
+exception the function raises stops the run: the tasks left are cancelled
+and the error is raised on the driver.
 """
 
 from __future__ import annotations
 
-import itertools
+import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
+
+# How a task ends when its worker process, or the node under it, went away.
+WORKER_DIED = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
 
 
 def run_tasks(
@@ -29,26 +36,42 @@ def run_tasks(
     num_cpus: float,
     on_done: Callable[[Any], None],
     name: str,
+    split: Callable[[Any], list[Any]] = lambda block: [block],
+    lost: Callable[[Any, Exception], Any] | None = None,
     in_flight: int = 2,
+    max_retries: int = 3,
 ) -> None:
     """`fn(block, **kwargs)` for each of `blocks` in a Ray task named `name`
-    holding `num_cpus`; `on_done(result)` on the driver as each finishes."""
+    holding `num_cpus`; `on_done(result)` on the driver as each finishes.
+    A block whose worker died past `max_retries` runs again as `split(block)`
+    when that gives more than one piece; else `on_done(lost(block, error))`
+    (without `lost`, the error is raised)."""
     remote = ray.remote(fn).options(
         num_cpus=num_cpus, name=name, scheduling_strategy="SPREAD",
-        max_retries=-1, retry_exceptions=[ray.exceptions.RaySystemError],
+        max_retries=max_retries, retry_exceptions=[ray.exceptions.RaySystemError],
     )  # fmt: skip
     shared = {key: ray.put(value) for key, value in kwargs.items()}  # once, not once per task
-    waiting = iter(blocks)
-    running: list[ray.ObjectRef] = []
+    fresh, pieces = iter(blocks), collections.deque()
+    running: dict[ray.ObjectRef, Any] = {}
     try:
         while True:
-            slots = max(1, int(ray.cluster_resources().get("CPU", 1.0) / max(num_cpus, 1e-9)))
-            room = max(0, in_flight * slots - len(running))
-            running += [remote.remote(block, **shared) for block in itertools.islice(waiting, room)]
+            room = in_flight * max(1, int(ray.cluster_resources().get("CPU", 1.0) / max(num_cpus, 1e-9)))
+            while len(running) < room and (block := pieces.popleft() if pieces else next(fresh, None)) is not None:
+                running[remote.remote(block, **shared)] = block
             if not running:
                 return
-            done, running = ray.wait(running, num_returns=1)
-            on_done(ray.get(done[0]))
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            block = running.pop(ref)
+            try:
+                result = ray.get(ref)
+            except WORKER_DIED as error:
+                if len(parts := split(block)) > 1:
+                    pieces.extend(parts)
+                    continue
+                if lost is None:
+                    raise
+                result = lost(block, error)
+            on_done(result)
     finally:
         for ref in running:
             ray.cancel(ref)

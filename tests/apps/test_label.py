@@ -480,3 +480,28 @@ def test_a_resume_with_nothing_left_reports_no_speed():
     assert summary["labelled_before"] == 2 and summary["audio_s_per_s_per_core"] is None
     text = format_summary({**summary, "skipped_hidden": 0, "out": "labels/"})
     assert "per second per core" not in text and "2 labelled before this run" in text
+
+
+def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_labelled(speech, small_bundle, tmp_path, monkeypatch):
+    """As a decoder that crashes on one file, or the out-of-memory killer:
+    the block is labelled again a file per task, and only the file that
+    still kills its worker fails (`failed`: a resume tries it again)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in range(6):
+        (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
+    real_label_part = label_pipeline.label_part
+
+    def label_part(block, **kwargs):  # defined here, so it travels to the workers by value
+        if any(path.endswith("3.wav") for path in block["path"].to_pylist()):
+            os._exit(1)
+        return real_label_part(block, **kwargs)
+
+    monkeypatch.setattr(label_pipeline, "label_part", label_part)
+    summary = label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=3, shape="fused"))
+    rows = {Path(r["path"]).name: r for r in read_labels(tmp_path / "out").to_pylist()}
+    assert (summary["listed"], summary["labelled"], summary["failed"], summary["failed_transient"]) == (6, 5, 1, 1)
+    assert rows["3.wav"]["error"] == "failed" and "3.wav: the process labelling it died" in rows["3.wav"]["detail"]
+    classifier = Classifier(small_bundle)
+    answers = [classifier.classify(classifier.load_audio(root / f"{n}.wav")).language for n in range(2)]
+    assert {name: r["language"] for name, r in rows.items() if name != "3.wav"} == {f"{n}.wav": answers[n % 2] for n in (0, 1, 2, 4, 5)}

@@ -74,3 +74,24 @@ def test_an_exception_stops_the_run_and_is_raised_on_the_driver(ray_session):
     with pytest.raises(ValueError, match="block 2 is bad"):
         run_tasks(_fails_on_two, blocks(), {}, num_cpus=1, on_done=lambda result: None, name="fails")
     assert len(taken) < 100, "blocks went on being submitted after the failure"
+
+
+def _dies_on_poison(block: list[str]) -> list[str]:
+    if "poison" in block:
+        os._exit(1)  # every time: as a decoder that crashes on one file
+    return block
+
+
+def test_a_block_whose_worker_keeps_dying_runs_again_a_piece_per_task_and_the_killer_is_lost_alone(ray_session):
+    results = []
+    run_tasks(
+        _dies_on_poison, [["a", "poison", "b"], ["c"]], {}, num_cpus=1, on_done=results.append, name="poison",
+        split=lambda block: [[item] for item in block], lost=lambda block, error: ("lost", block, type(error).__name__),
+        max_retries=1,
+    )  # fmt: skip
+    assert sorted(map(str, results)) == sorted(map(str, [["a"], ["b"], ["c"], ("lost", ["poison"], "WorkerCrashedError")]))
+
+
+def test_without_lost_a_worker_that_keeps_dying_is_an_error(ray_session):
+    with pytest.raises(ray.exceptions.WorkerCrashedError):
+        run_tasks(_dies_on_poison, [["poison"]], {}, num_cpus=1, on_done=lambda result: None, name="poison", max_retries=0)
