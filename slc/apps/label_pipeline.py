@@ -112,7 +112,7 @@ def run_fused(
     """Label each block of items (`task_blocks`) in a task of its own that
     writes its rows to `parts`; `on_event({"files": n, "audio_s": s})` on
     the driver as each task finishes. A block whose worker process keeps
-    dying (a decoder's crash, the out-of-memory killer) is labelled again a
+    dying (a decoder that crashes on one of its files) is labelled again a
     file per task; a file that still kills its worker is written here as
     `failed`, which a resumed run tries again."""
 

@@ -8,7 +8,7 @@ over each task's) are submitted at once, so a long listing is not put in
 the object store whole, and a cluster that grows gets more.
 
 Tasks are spread over the cluster's nodes. A task whose worker dies (a
-crash, the out-of-memory killer, a lost node) runs again, up to
+crash, a lost node) runs again, up to
 `max_retries` times: the function must be safe to run twice on a block.
 After that, the block is run again as its pieces (`split`), each in a task
 of its own, so that one input that kills every worker it lands on takes no

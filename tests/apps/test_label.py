@@ -483,9 +483,9 @@ def test_a_resume_with_nothing_left_reports_no_speed():
 
 
 def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_labelled(speech, small_bundle, tmp_path, monkeypatch):
-    """As a decoder that crashes on one file, or the out-of-memory killer:
-    the block is labelled again a file per task, and only the file that
-    still kills its worker fails (`failed`: a resume tries it again)."""
+    """As a decoder that crashes on one file: the block is labelled again a
+    file per task, and only the file that still kills its worker fails
+    (`failed`: a resume tries it again)."""
     root = tmp_path / "in"
     root.mkdir()
     for n in range(6):
