@@ -1,5 +1,6 @@
 """A function over blocks in Ray tasks: every block's result once, a bounded
-number in flight, a dead worker's task run again, a bug raised on the driver."""
+number in flight, a dead worker's task run again, a block whose worker keeps
+dying run again in pieces, a bug raised on the driver."""
 
 from __future__ import annotations
 
