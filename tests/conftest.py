@@ -310,11 +310,20 @@ def _wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2):
 
 
 class RayHead:
-    """A running head: its dashboard address and the environment (token
-    included) its clients need."""
+    """A running head: its GCS and dashboard addresses, the environment (token
+    included) its clients need, and its processes."""
 
-    def __init__(self, dashboard: str, env: dict[str, str]) -> None:
-        self.dashboard, self.env = dashboard, env
+    def __init__(self, address: str, dashboard: str, env: dict[str, str], pid: int, temp_dir: str) -> None:
+        self.address, self.dashboard, self.env = address, dashboard, env
+        self._pid, self._temp_dir = pid, temp_dir
+
+    def processes(self) -> dict[int, str]:
+        """pid -> command line of each live process of the head."""
+        lines = {}
+        for pid in _processes_of(self._pid, self._temp_dir):
+            with contextlib.suppress(OSError):  # exited meanwhile
+                lines[pid] = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return lines
 
     def ray(self, *args: str, token: str | None = None, timeout_s: float = 120) -> subprocess.CompletedProcess:
         env = dict(self.env, RAY_AUTH_TOKEN=token) if token else self.env
@@ -365,7 +374,7 @@ def ray_head():
         )
         assert head.poll() is None, f"ray start exited {head.returncode}:\n{log.read_text()[-3000:]}"
         assert _processes_of(head.pid, temp_dir) > {head.pid}  # the sweep below sees its children
-        yield RayHead(f"http://127.0.0.1:{dashboard}", env)
+        yield RayHead(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", env, head.pid, temp_dir)
     finally:
         head.send_signal(signal.SIGTERM)  # stops every process it started, then exits
         with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):

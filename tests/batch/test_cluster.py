@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 import ray
@@ -98,11 +94,12 @@ def _session_processes(sid: int) -> list[str]:
     return [row.split(None, 1)[1][:100] for row in rows if row.split(None, 1)[0] == str(sid)]
 
 
-def _run_alone(script: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """`script` run by Python in a session of its own -> (its run, the processes of that session left after it)."""
+def _run_alone(script: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`script` run by Python in a session of its own (in `env`, else this
+    process's environment) -> (its run, the processes of that session left after it)."""
     child = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        start_new_session=True, env=env,
     )  # fmt: skip
     try:
         out = child.communicate(timeout=120)[0]
@@ -163,34 +160,12 @@ def test_shutting_down_a_ray_started_here_leaves_no_process():
     assert left == [], f"Ray processes left running: {left}"
 
 
-def test_shutting_down_after_joining_a_cluster_leaves_every_process_of_the_cluster_running(monkeypatch):
+def test_shutting_down_after_joining_a_cluster_leaves_every_process_of_the_cluster_running(ray_head):
     """The monitor that `shutdown` stops at once is the one of a Ray started
     here: a cluster the process joined keeps its own."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the cluster's token would be under its temp dir
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    temp_dir = tempfile.mkdtemp(prefix="slc-join-", dir="/tmp")  # short: Ray's socket paths are limited
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    head = subprocess.Popen(
-        [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={temp_dir}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert head.wait(timeout=120) == 0
-        before = _session_pids(head.pid)
-        assert any("autoscaler/_private/monitor.py" in args for args in before.values()), before
-        run, left = _run_alone(SHUT_DOWN.replace("{address}", f"127.0.0.1:{port}"))
-        assert "shut down" in run.stdout, run.stdout
-        assert _session_pids(head.pid) == before
-    finally:
-        for pid in _session_pids(head.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _session_pids(sid: int) -> dict[int, str]:
-    """pid -> command line of each process in session `sid`."""
-    rows = subprocess.run(["ps", "-ww", "-eo", "sid=,pid=,args="], capture_output=True, text=True, check=True).stdout.splitlines()
-    return {int(pid): args for row_sid, pid, args in (row.split(None, 2) for row in rows) if row_sid == str(sid)}
+    before = ray_head.processes()
+    assert any("autoscaler/_private/monitor.py" in line for line in before.values()), before
+    run, _ = _run_alone(SHUT_DOWN.replace("{address}", ray_head.address), env=ray_head.env)
+    assert "shut down" in run.stdout, run.stdout
+    after = ray_head.processes()
+    assert before.items() <= after.items(), f"processes of the cluster gone: {set(before.items()) - set(after.items())}"
