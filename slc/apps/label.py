@@ -2,7 +2,7 @@
 
     list (driver) -> read, decode, featurise, classify, write part files
     under OUT (Ray tasks; or on Ray Data with an actor pool classifying, see
-    `slc.apps.label_pipeline`), written as the run goes
+    `slc.apps.label_run`), written as the run goes
 
 Inputs are what `slc.batch.inputs` lists: directories, globs (local or on
 URIs), archives and manifests. A file that cannot be labelled is a row with
@@ -30,9 +30,8 @@ import ray
 from slc import config_io
 from slc import __version__, storage
 from slc.apps.label_output import LabelError, read_labels, read_parts, record_settings, settled, writer
-from slc.apps.label_pipeline import (
-    Labeller, choose_shape, gpu_variant, label_batch, read_batch, run_fused, run_pool, slots, task_blocks,
-)  # fmt: skip
+from slc.apps.label_pipeline import Labeller, label_batch, read_batch
+from slc.apps.label_run import choose_shape, gpu_variant, run_fused, run_pool, slots, task_blocks
 from slc.batch import accounting
 from slc.batch.cluster import check_address, connect
 from slc.batch.inputs import list_inputs

@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav
 from slc.apps.cli import app
 from slc.config import LabelConfig
-from slc.apps import label_pipeline
+from slc.apps import label_pipeline, label_run
 from slc.apps.label import LabelError, Labeller, format_summary, label, label_batch, read_batch, read_labels, summarize
-from slc.apps.label_pipeline import task_blocks
+from slc.apps.label_run import task_blocks
 from slc.batch.inputs import InputError, list_inputs
 from slc.runtime.classifier import Classifier
 from slc.storage import StorageError
@@ -490,14 +490,14 @@ def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_la
     root.mkdir()
     for n in range(6):
         (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
-    real_label_part = label_pipeline.label_part
+    real_label_part = label_run.label_part
 
     def label_part(block, **kwargs):  # defined here, so it travels to the workers by value
         if any(path.endswith("3.wav") for path in block["path"].to_pylist()):
             os._exit(1)
         return real_label_part(block, **kwargs)
 
-    monkeypatch.setattr(label_pipeline, "label_part", label_part)
+    monkeypatch.setattr(label_run, "label_part", label_part)
     summary = label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=3, shape="fused"))
     rows = {Path(r["path"]).name: r for r in read_labels(tmp_path / "out").to_pylist()}
     assert (summary["listed"], summary["labelled"], summary["failed"], summary["failed_transient"]) == (6, 5, 1, 1)

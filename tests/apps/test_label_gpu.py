@@ -29,7 +29,7 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(sma
         """
         import json, sys
         import ray
-        from slc.apps import label_pipeline
+        from slc.apps import label_pipeline, label_run
         from slc.apps.label import label
         from slc.config import LabelConfig
 
@@ -45,7 +45,7 @@ def test_on_a_node_with_a_gpu_the_pool_classifiers_each_get_one_and_run_fp32(sma
                     reports.write(json.dumps({"gpu_ids": ray.get_gpu_ids(), "asked": kwargs.get("device"),
                                               "runs_on": self.classifier.device, "variant": self.classifier.variant}) + "\\n")
 
-        label_pipeline.Labeller = Reporting  # defined here, so it travels to the actors by value
+        label_run.Labeller = Reporting  # defined here, so it travels to the actors by value
 
         ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
         try:
