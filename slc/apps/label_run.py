@@ -27,14 +27,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
 
-from slc.apps.label_output import output_schema
+from slc.apps.label_output import output_schema, read_parts
 from slc.apps.label_pipeline import Labeller, label_batch, output_row, read_batch
 from slc.batch.progress import Reporter, relay
 from slc.batch.sink import PartWriter
-from slc.batch.tasks import run_tasks
+from slc.batch.tasks import MAX_RETRIES, run_tasks
 from slc.config import LabelConfig
 from slc.runtime import bundle as bundles
 from slc.runtime.classifier import Classifier
@@ -127,13 +128,29 @@ def run_pool(
 ) -> None:  # fmt: skip
     """Label the blocks of items in the pool shape, on Ray Data, into `parts`;
     `on_event({"files": n, "audio_s": s})` on the driver after each batch
-    classified."""
+    classified. A block whose task failed each time it was tried (a worker
+    that died on one of its files) is dropped, and its files are labelled
+    afterwards in fused tasks (`run_fused`), which find the file that
+    kills its worker and write it as `failed`."""
     # Ray Data takes a second to import: only this shape needs it.
-    from slc.batch.raydata import PartSink, without_resource_reservation
+    from slc.batch.raydata import PartSink, errored_blocks_dropped, without_resource_reservation
 
     sink = PartSink(parts.filesystem, parts.root, parts.writer, parts.suffix, parts.rows_per_file, parts.id_column)
-    with without_resource_reservation(), relay(on_event) as report:
+    with without_resource_reservation(), errored_blocks_dropped(), relay(on_event) as report:
         _pool_dataset(blocks, filesystems, bundle, config, report).write_datasink(sink)
+    if left := _unwritten(blocks, parts):
+        log.warning(
+            "%d files of blocks whose tasks failed each time they were tried: labelling them again in fused tasks",
+            sum(block.num_rows for block in left),
+        )
+        run_fused(left, filesystems, bundle, config, parts, on_event)
+
+
+def _unwritten(blocks: list[pa.Table], parts: PartWriter) -> list[pa.Table]:
+    """Each of `blocks` with only its items that `parts` holds no row of."""
+    written = read_parts(parts.filesystem, parts.root)["path"]
+    left = [block.filter(pc.invert(pc.is_in(block["path"], written))) for block in blocks]
+    return [block for block in left if block.num_rows]
 
 
 def _pool_dataset(
@@ -147,7 +164,8 @@ def _pool_dataset(
     gpus = gpus_per_actor(config)
     log.info("classifying in %d actors of %g CPU and %g GPU each", config.concurrency, config.cpus_per_actor, gpus)
     return ray.data.from_arrow(blocks).map_batches(
-        read_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None, num_cpus=config.cpus_per_task
+        read_batch, fn_kwargs=kwargs, batch_format="pyarrow", batch_size=None, num_cpus=config.cpus_per_task,
+        max_retries=MAX_RETRIES,  # not Ray Data's without end: a file that kills its worker each time would hold the run
     ).map_batches(
         Labeller,
         fn_constructor_kwargs={"bundle": bundle, "config": config, "report": report, "device": "cuda" if gpus else "cpu"},
@@ -156,6 +174,7 @@ def _pool_dataset(
         batch_size=config.files_per_task,  # a read task's files (Ray Data wants a number where GPUs are asked for)
         num_cpus=config.cpus_per_actor,
         num_gpus=gpus,
+        max_task_retries=MAX_RETRIES,
     )
 
 

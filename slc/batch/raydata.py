@@ -29,6 +29,20 @@ def without_resource_reservation() -> Iterator[None]:
         context.op_resource_reservation_enabled = reserving
 
 
+@contextlib.contextmanager
+def errored_blocks_dropped() -> Iterator[None]:
+    """A block whose task fails past its retries is dropped and the run goes
+    on (Ray Data stops the whole run at the first, by default): for a run
+    that finds out afterwards what it did not write, and redoes it."""
+    context = ray.data.DataContext.get_current()
+    allowed = context.max_errored_blocks
+    context.max_errored_blocks = -1
+    try:
+        yield
+    finally:
+        context.max_errored_blocks = allowed
+
+
 class PartSink(PartWriter, Datasink[pa.Table | None]):
     """`PartWriter` as a Ray Data sink: each task's rows written as the task
     finishes; a write of no rows returns None to the driver."""

@@ -28,6 +28,9 @@ import ray
 # How a task ends when its worker process, or the node under it, went away.
 WORKER_DIED = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError)
 
+# Tries of a task whose worker died, after the first: Ray's default for tasks.
+MAX_RETRIES = 3
+
 
 def run_tasks(
     fn: Callable[..., Any],
@@ -39,7 +42,7 @@ def run_tasks(
     split: Callable[[Any], list[Any]] = lambda block: [block],
     lost: Callable[[Any, Exception], Any] | None = None,
     in_flight: int = 2,
-    max_retries: int = 3,
+    max_retries: int = MAX_RETRIES,
 ) -> None:
     """`fn(block, **kwargs)` for each of `blocks` in a Ray task named `name`
     holding `num_cpus`; `on_done(result)` on the driver as each finishes.

@@ -482,23 +482,31 @@ def test_a_resume_with_nothing_left_reports_no_speed():
     assert "per second per core" not in text and "2 labelled before this run" in text
 
 
-def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_labelled(speech, small_bundle, tmp_path, monkeypatch):
+def _dies_on(name: str, stage):
+    """`stage` (a function of a block of items), but its worker process dies
+    when the block holds a file called `name`: a decoder that crashes on it."""
+
+    def dying(block, **kwargs):  # defined here, so it travels to the workers by value
+        if any(path.endswith(name) for path in block["path"].to_pylist()):
+            os._exit(1)
+        return stage(block, **kwargs)
+
+    return dying
+
+
+@pytest.mark.parametrize("shape", ["fused", "pool"])
+def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_labelled(shape, speech, small_bundle, tmp_path, monkeypatch):
     """As a decoder that crashes on one file: the block is labelled again a
     file per task, and only the file that still kills its worker fails
-    (`failed`: a resume tries it again)."""
+    (`failed`: a resume tries it again). The pool shape hands the files of
+    a block it could not finish to the fused tasks."""
     root = tmp_path / "in"
     root.mkdir()
     for n in range(6):
         (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
-    real_label_part = label_run.label_part
-
-    def label_part(block, **kwargs):  # defined here, so it travels to the workers by value
-        if any(path.endswith("3.wav") for path in block["path"].to_pylist()):
-            os._exit(1)
-        return real_label_part(block, **kwargs)
-
-    monkeypatch.setattr(label_run, "label_part", label_part)
-    summary = label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=3, shape="fused"))
+    monkeypatch.setattr(label_run, "label_part", _dies_on("3.wav", label_run.label_part))
+    monkeypatch.setattr(label_run, "read_batch", _dies_on("3.wav", label_run.read_batch))
+    summary = label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=3, shape=shape))
     rows = {Path(r["path"]).name: r for r in read_labels(tmp_path / "out").to_pylist()}
     assert (summary["listed"], summary["labelled"], summary["failed"], summary["failed_transient"]) == (6, 5, 1, 1)
     assert rows["3.wav"]["error"] == "failed" and "3.wav: the process labelling it died" in rows["3.wav"]["detail"]
