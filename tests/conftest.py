@@ -110,6 +110,14 @@ def ray_session():
     cluster.shutdown()
 
 
+def object_references() -> set:
+    """The object references this process holds: what it keeps pinned in the
+    object store, and what Ray would rebuild if a node holding it were lost."""
+    import ray
+
+    return set(ray._private.worker.global_worker.core_worker.get_all_reference_counts())
+
+
 def registered_epochs(out: Path) -> list[int]:
     """Epochs of the checkpoints Ray Train has registered for the run in
     `out` (those a restarted run resumes from), from the snapshot it keeps in

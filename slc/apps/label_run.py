@@ -128,19 +128,21 @@ def run_pool(
 ) -> None:  # fmt: skip
     """Label the blocks of items in the pool shape, on Ray Data, into `parts`;
     `on_event({"files": n, "audio_s": s})` on the driver after each batch
-    classified. A block whose task failed each time it was tried (a worker
-    that died on one of its files) is dropped, and its files are labelled
-    afterwards in fused tasks (`run_fused`), which find the file that
-    kills its worker and write it as `failed`."""
+    classified. A block whose reading task failed each time it was tried
+    (a decoder that crashed its worker on one of the files) is dropped, and
+    its files are labelled afterwards in fused tasks (`run_fused`), which
+    find the file that kills its worker and write it as `failed`. The
+    classifier actors' tasks keep Ray Data's retries without end: they wait
+    for an actor that is restarting, as on a node that died."""
     # Ray Data takes a second to import: only this shape needs it.
-    from slc.batch.raydata import PartSink, errored_blocks_dropped, without_resource_reservation
+    from slc.batch.raydata import PartSink, errored_blocks_dropped, references_released, without_resource_reservation
 
     sink = PartSink(parts.filesystem, parts.root, parts.writer, parts.suffix, parts.rows_per_file, parts.id_column)
-    with without_resource_reservation(), errored_blocks_dropped(), relay(on_event) as report:
+    with references_released(), without_resource_reservation(), errored_blocks_dropped(), relay(on_event) as report:
         _pool_dataset(blocks, filesystems, bundle, config, report).write_datasink(sink)
     if left := _unwritten(blocks, parts):
         log.warning(
-            "%d files of blocks whose tasks failed each time they were tried: labelling them again in fused tasks",
+            "%d files of blocks the pool could not label (the log has why): labelling them again in fused tasks",
             sum(block.num_rows for block in left),
         )
         run_fused(left, filesystems, bundle, config, parts, on_event)
@@ -174,7 +176,6 @@ def _pool_dataset(
         batch_size=config.files_per_task,  # a read task's files (Ray Data wants a number where GPUs are asked for)
         num_cpus=config.cpus_per_actor,
         num_gpus=gpus,
-        max_task_retries=MAX_RETRIES,
     )
 
 

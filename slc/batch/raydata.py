@@ -4,6 +4,7 @@ label's pool shape)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -27,6 +28,19 @@ def without_resource_reservation() -> Iterator[None]:
         yield
     finally:
         context.op_resource_reservation_enabled = reserving
+
+
+@contextlib.contextmanager
+def references_released() -> Iterator[None]:
+    """A run's object references let go of as it ends. Ray Data's executor
+    holds them in reference cycles, which live on until Python's cycle
+    collector comes by: until then the run's blocks stay pinned in the
+    object store, and a node lost meanwhile has Ray rebuild them, the
+    classifier actors that made them restarted to hold their CPUs again."""
+    try:
+        yield
+    finally:
+        gc.collect()
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from slc.config import FeatureConfig, IngestConfig
 from slc.data.corpus import SPLITS, Corpus, discover
 from slc.data.features import Fbank, extract
 from slc.labels import BACKGROUND, LabelSet
-from slc.batch.raydata import without_resource_reservation
+from slc.batch.raydata import references_released, without_resource_reservation
 from slc.data.shards import CLIP_OUTCOME_SCHEMA, REJECT_SCHEMA, ShardSink, copy_id, features_column
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def ingest(
     sink = ShardSink(fs, root, config.rows_per_file)
     if items:
         connect()
-        with without_resource_reservation(), relay(_counting(progress, len(items))) as report:
+        with references_released(), without_resource_reservation(), relay(_counting(progress, len(items))) as report:
             _featurize(items, config, [found.filesystem], report).write_datasink(sink)
     outcome = sink.outcomes if kept is None else pa.concat_tables([kept, sink.outcomes])
     rejects = outcome.filter(pc.is_valid(outcome["reason"])).select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA)

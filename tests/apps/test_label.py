@@ -23,7 +23,7 @@ import soundfile as sf
 import soxr
 from typer.testing import CliRunner
 
-from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav
+from conftest import S3_ACCESS_KEY, S3_BUCKET, S3_SECRET_KEY, espeak_wav, object_references
 from slc.apps.cli import app
 from slc.config import LabelConfig
 from slc.apps import label_pipeline, label_run
@@ -433,9 +433,11 @@ def test_a_clip_that_makes_the_model_raise_fails_alone_in_the_fused_stage(mixed,
 def test_the_pool_shape_gives_the_labels_of_the_fused_one(mixed, labelled, small_bundle, tmp_path):
     root, _ = mixed
     fused_out, fused = labelled
+    held = object_references()
     pooled = label([str(root)], small_bundle, str(tmp_path / "pool"), LabelConfig(top_k=2, shape="pool"))
     assert (fused["shape"], pooled["shape"]) == ("fused", "pool")  # auto: a tiny model on CPUs is fused
     _assert_same_rows(read_labels(tmp_path / "pool"), read_labels(fused_out))
+    assert object_references() <= held, "the run left objects of its own in the object store"
 
 
 def test_tasks_take_files_by_estimated_seconds_each_file_once_in_order(tmp_path):

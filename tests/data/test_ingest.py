@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from conftest import object_references
 from slc import config_io
 from slc.audio import load
 from slc.data.augment import Recipe
@@ -61,6 +62,12 @@ def test_counts_reconcile(shards, corpus):
     rows = sum(read_split(str(out), s).num_rows for s in ("train", "val", "test"))
     assert rows == summary["accepted"] == sum(summary["splits"][s]["clips"] for s in ("train", "val", "test"))
     assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_an_ingest_leaves_no_objects_of_its_own_in_the_object_store(corpus, tmp_path, ray_session):
+    held = object_references()
+    ingest(corpus, str(tmp_path / "s"), IngestConfig())
+    assert object_references() <= held
 
 
 def test_rejects_name_file_and_reason(shards, corpus):
