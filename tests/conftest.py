@@ -15,15 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -144,34 +141,15 @@ def speech_16k() -> np.ndarray:
     return soxr.resample(samples, rate, 16000).astype(np.float32)
 
 
-def built_once(tmp_path_factory, name: str, build: Callable[[Path], Any]) -> tuple[Path, Any]:
-    """A session fixture's files, made once for the whole test run: the
-    first pytest worker to ask runs `build(directory)` (an empty directory
-    called `name`), the others wait for it and share what it made. ->
-    (directory, what `build` returned, through JSON). Tests read these
-    files, never change them."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's, above each worker's
-    directory, returned = shared / name, shared / f"{name}.json"
-    with FileLock(shared / f"{name}.lock"):
-        if not returned.exists():  # written last: a build that failed is run again by the next to ask
-            shutil.rmtree(directory, ignore_errors=True)
-            directory.mkdir()
-            returned.write_text(json.dumps(build(directory)))
-    return directory, json.loads(returned.read_text())
-
-
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory, ray_session):
     """Shards of a small espeak-ng corpus (de, en; 16 clips each) for training tests."""
     from slc.data.ingest import ingest
     from slc.data.synth import make_corpus
 
-    def build(root: Path) -> None:
-        make_corpus(root / "corpus", ("de", "en"), per_lang=16, seed=3)
-        ingest(root / "corpus", str(root / "shards"))
-
-    root, _ = built_once(tmp_path_factory, "small", build)
+    root = tmp_path_factory.mktemp("small")
+    make_corpus(root / "corpus", ("de", "en"), per_lang=16, seed=3)
+    ingest(root / "corpus", str(root / "shards"))
     return root / "shards"
 
 
@@ -181,11 +159,8 @@ def small_checkpoint(small_shards, tmp_path_factory):
     `small_shards`, saved as a checkpoint that records those shards."""
     from slc.labels import LabelSet
 
-    def build(directory: Path) -> None:
-        train_in_process(small_shards, LabelSet(("de", "en")), epochs=8, directory=directory / "best")
-
-    directory, _ = built_once(tmp_path_factory, "checkpoint", build)
-    return directory / "best"
+    directory = tmp_path_factory.mktemp("checkpoint") / "best"
+    return train_in_process(small_shards, LabelSet(("de", "en")), epochs=8, directory=directory)
 
 
 TINY_RUN_EPOCHS = 5
@@ -207,7 +182,8 @@ def tiny_run(small_shards, tmp_path_factory):
     nothing interrupted: (its output directory, what `train` returned)."""
     from slc.training.loop import train
 
-    return built_once(tmp_path_factory, "run", lambda out: train(str(small_shards), str(out), tiny_run_config()))
+    out = tmp_path_factory.mktemp("run")
+    return out, train(str(small_shards), str(out), tiny_run_config())
 
 
 def train_in_process(shards, labels, epochs: int, directory, shuffle: bool = False):
@@ -248,18 +224,15 @@ def small_bundle(small_checkpoint, tmp_path_factory):
     from slc.export.exporter import export_bundle
     from slc.runtime import bundle as bundles
 
-    def build(parent: Path) -> None:
-        directory = parent / "bundle"
-        manifest = export_bundle(small_checkpoint, directory, config=ExportConfig(latency_repeats=5, calibration_clips=8))
-        # Without its `open_set` entry, as bundles exported before the open-set
-        # answer: raw probabilities, always the top language. Tests of answers
-        # then do not hang on this weak model's calibration; the open-set rule has
-        # tests of its own (tests/runtime/test_openset.py, test_classifier_openset.py).
-        del manifest["open_set"]
-        (directory / bundles.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-
-    parent, _ = built_once(tmp_path_factory, "bundle", build)
-    return parent / "bundle"
+    directory = tmp_path_factory.mktemp("bundle") / "bundle"
+    manifest = export_bundle(small_checkpoint, directory, config=ExportConfig(latency_repeats=5, calibration_clips=8))
+    # Without its `open_set` entry, as bundles exported before the open-set
+    # answer: raw probabilities, always the top language. Tests of answers
+    # then do not hang on this weak model's calibration; the open-set rule has
+    # tests of its own (tests/runtime/test_openset.py, test_classifier_openset.py).
+    del manifest["open_set"]
+    (directory / bundles.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return directory
 
 
 @pytest.fixture(scope="session")
