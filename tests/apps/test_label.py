@@ -515,3 +515,29 @@ def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_la
     classifier = Classifier(small_bundle)
     answers = [classifier.classify(classifier.load_audio(root / f"{n}.wav")).language for n in range(2)]
     assert {name: r["language"] for name, r in rows.items() if name != "3.wav"} == {f"{n}.wav": answers[n % 2] for n in (0, 1, 2, 4, 5)}
+
+
+def _raises_on(name: str, stage):
+    """`stage`, but raising a ValueError when the block holds a file called `name`: a bug."""
+
+    def raising(block, **kwargs):  # defined here, so it travels to the workers by value
+        if any(path.endswith(name) for path in block["path"].to_pylist()):
+            raise ValueError(f"a bug met {name}")
+        return stage(block, **kwargs)
+
+    return raising
+
+
+@pytest.mark.parametrize("shape", ["fused", "pool"])
+def test_a_bug_in_the_stages_stops_the_run_with_its_error(shape, speech, small_bundle, tmp_path, monkeypatch):
+    """Unlike a worker's death, an exception is not a file's failure: the run
+    stops and says it (the pool shape, which drops a block that failed, meets
+    it again in the fused tasks it hands the block to)."""
+    root = tmp_path / "in"
+    root.mkdir()
+    for n in range(4):
+        (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
+    monkeypatch.setattr(label_run, "label_part", _raises_on("3.wav", label_run.label_part))
+    monkeypatch.setattr(label_run, "read_batch", _raises_on("3.wav", label_run.read_batch))
+    with pytest.raises(ValueError, match="a bug met 3.wav"):
+        label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=2, shape=shape))
