@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import ray.data
@@ -15,19 +16,12 @@ from ray.data.datasource.datasink import Datasink
 from slc.batch.sink import PartWriter
 
 
-@contextlib.contextmanager
-def without_resource_reservation() -> Iterator[None]:
+def without_resource_reservation() -> contextlib.AbstractContextManager[None]:
     """Ray Data reserves a share of the CPUs for each operator; on a small
     machine that leaves the operator that matters (featurizing at ingest,
     reading beside the classifier when labelling) a single task at a time.
     Lifted for the duration of a run."""
-    context = ray.data.DataContext.get_current()
-    reserving = context.op_resource_reservation_enabled
-    context.op_resource_reservation_enabled = False
-    try:
-        yield
-    finally:
-        context.op_resource_reservation_enabled = reserving
+    return _data_context(op_resource_reservation_enabled=False)
 
 
 @contextlib.contextmanager
@@ -43,18 +37,26 @@ def references_released() -> Iterator[None]:
         gc.collect()
 
 
-@contextlib.contextmanager
-def errored_blocks_dropped() -> Iterator[None]:
+def errored_blocks_dropped() -> contextlib.AbstractContextManager[None]:
     """A block whose task fails past its retries is dropped and the run goes
     on (Ray Data stops the whole run at the first, by default): for a run
     that finds out afterwards what it did not write, and redoes it."""
+    return _data_context(max_errored_blocks=-1)
+
+
+@contextlib.contextmanager
+def _data_context(**settings: Any) -> Iterator[None]:
+    """Ray Data's `settings` (attributes of its DataContext) while the block
+    runs, those it had restored after."""
     context = ray.data.DataContext.get_current()
-    allowed = context.max_errored_blocks
-    context.max_errored_blocks = -1
+    before = {name: getattr(context, name) for name in settings}
+    for name, value in settings.items():
+        setattr(context, name, value)
     try:
         yield
     finally:
-        context.max_errored_blocks = allowed
+        for name, value in before.items():
+            setattr(context, name, value)
 
 
 class PartSink(PartWriter, Datasink[pa.Table | None]):
