@@ -484,16 +484,32 @@ def test_a_resume_with_nothing_left_reports_no_speed():
     assert "per second per core" not in text and "2 labelled before this run" in text
 
 
-def _dies_on(name: str, stage):
-    """`stage` (a function of a block of items), but its worker process dies
-    when the block holds a file called `name`: a decoder that crashes on it."""
+def _speech_files(root: Path, speech, n: int) -> Path:
+    """`root` holding `0.wav` ... as German speech, two recordings in turn."""
+    root.mkdir()
+    for i in range(n):
+        (root / f"{i}.wav").write_bytes(speech["de"][i % 2])
+    return root
 
-    def dying(block, **kwargs):  # defined here, so it travels to the workers by value
-        if any(path.endswith(name) for path in block["path"].to_pylist()):
-            os._exit(1)
-        return stage(block, **kwargs)
 
-    return dying
+def _stages_fail_on(monkeypatch, name: str, dies: bool) -> None:
+    """The stages that read a block in either shape (`label_part` fused,
+    `read_batch` pooled) fail on a block holding a file called `name`: their
+    worker process dies (a decoder that crashes on it), or a ValueError is
+    raised (a bug)."""
+
+    def failing(stage):
+        def wrapped(block, **kwargs):  # defined here, so it travels to the workers by value
+            if any(path.endswith(name) for path in block["path"].to_pylist()):
+                if dies:
+                    os._exit(1)
+                raise ValueError(f"a bug met {name}")
+            return stage(block, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(label_run, "label_part", failing(label_run.label_part))
+    monkeypatch.setattr(label_run, "read_batch", failing(label_run.read_batch))
 
 
 @pytest.mark.parametrize("shape", ["fused", "pool"])
@@ -502,12 +518,8 @@ def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_la
     file per task, and only the file that still kills its worker fails
     (`failed`: a resume tries it again). The pool shape hands the files of
     a block it could not finish to the fused tasks."""
-    root = tmp_path / "in"
-    root.mkdir()
-    for n in range(6):
-        (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
-    monkeypatch.setattr(label_run, "label_part", _dies_on("3.wav", label_run.label_part))
-    monkeypatch.setattr(label_run, "read_batch", _dies_on("3.wav", label_run.read_batch))
+    root = _speech_files(tmp_path / "in", speech, 6)
+    _stages_fail_on(monkeypatch, "3.wav", dies=True)
     summary = label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=3, shape=shape))
     rows = {Path(r["path"]).name: r for r in read_labels(tmp_path / "out").to_pylist()}
     assert (summary["listed"], summary["labelled"], summary["failed"], summary["failed_transient"]) == (6, 5, 1, 1)
@@ -517,27 +529,12 @@ def test_a_file_that_kills_its_worker_is_a_failed_row_and_its_batch_mates_are_la
     assert {name: r["language"] for name, r in rows.items() if name != "3.wav"} == {f"{n}.wav": answers[n % 2] for n in (0, 1, 2, 4, 5)}
 
 
-def _raises_on(name: str, stage):
-    """`stage`, but raising a ValueError when the block holds a file called `name`: a bug."""
-
-    def raising(block, **kwargs):  # defined here, so it travels to the workers by value
-        if any(path.endswith(name) for path in block["path"].to_pylist()):
-            raise ValueError(f"a bug met {name}")
-        return stage(block, **kwargs)
-
-    return raising
-
-
 @pytest.mark.parametrize("shape", ["fused", "pool"])
 def test_a_bug_in_the_stages_stops_the_run_with_its_error(shape, speech, small_bundle, tmp_path, monkeypatch):
     """Unlike a worker's death, an exception is not a file's failure: the run
     stops and says it (the pool shape, which drops a block that failed, meets
     it again in the fused tasks it hands the block to)."""
-    root = tmp_path / "in"
-    root.mkdir()
-    for n in range(4):
-        (root / f"{n}.wav").write_bytes(speech["de"][n % 2])
-    monkeypatch.setattr(label_run, "label_part", _raises_on("3.wav", label_run.label_part))
-    monkeypatch.setattr(label_run, "read_batch", _raises_on("3.wav", label_run.read_batch))
+    root = _speech_files(tmp_path / "in", speech, 4)
+    _stages_fail_on(monkeypatch, "3.wav", dies=False)
     with pytest.raises(ValueError, match="a bug met 3.wav"):
         label([str(root)], small_bundle, str(tmp_path / "out"), LabelConfig(files_per_task=2, shape=shape))
